@@ -1,0 +1,48 @@
+# thumbs: `make demo` runs the pipeline on its embedded defaults, `make test` runs the tests.
+# Both create (or reuse) .venv and install the project into it first.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.thumbs-installed
+
+# Offline hygiene: nothing here may reach a model hub or send telemetry.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME := $(CURDIR)/.prefect
+export THUMBS_SHARED ?= $(abspath $(CURDIR)/../shared)
+
+.PHONY: demo test bench-ingest clean
+
+demo: $(STAMP)
+	$(PY) -m flows.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench-ingest: $(STAMP)
+	$(PY) benchmarks/ingest.py --record
+
+# torch first: where torch==2.13.0 resolves from a local wheel (CPU build) take it, so no multi-GB CUDA
+# download happens; elsewhere a machine with a GPU gets PyPI's torch and one without the CPU build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+		echo "torch already installed in $(VENV)"; \
+	elif $(PIP) download -q --no-deps --no-index -d $(VENV)/.probe torch==2.13.0 >/dev/null 2>&1; then \
+		$(PIP) install -q torch==2.13.0; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PIP) install -q torch; \
+	else \
+		$(PIP) install -q torch --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	rm -rf $(VENV)/.probe
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf .demo .prefect .pytest_cache

@@ -1,0 +1,24 @@
+"""The `thumbs` command line: one sub-command per pipeline stage.
+
+Each stage's flags and summary live beside its code (`ingest/cli.py`, ...); this module only
+assembles them, so `thumbs --help` lists the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from ingest.cli import ingest_command
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="thumbs: nightly KTO retraining of LoRA adapters from thumbs-up/down feedback.")
+app.command("ingest")(ingest_command)
+
+
+@app.callback()
+def main() -> None:
+    """thumbs: nightly KTO retraining of LoRA adapters from thumbs-up/down feedback."""
+
+
+if __name__ == "__main__":
+    app()
