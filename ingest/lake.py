@@ -75,6 +75,9 @@ class SourceWriter:
         self.sha = source_sha256
         self._partitions: dict[date, AtomicParquet] = {}
         self._quarantine: AtomicParquet | None = None
+        # A run of this source killed earlier may have left temporary files: they were never visible.
+        for stale in lake.glob(f"*/**/.*{source_sha256[:16]}.parquet.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     def write_rows(self, rows: pa.Table) -> None:
         """Route accepted rows to their date partitions."""

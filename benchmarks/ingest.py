@@ -1,0 +1,90 @@
+"""Ingest throughput against the floor: the same events read by raw Arrow and written as Parquet.
+
+    python benchmarks/ingest.py [--events 1000000] [--record]
+
+The floor is `pyarrow.json.read_json` + `pyarrow.parquet.write_table` (zstd) on the same file: no
+validation, no labels, no pseudonyms, no partitions. thumbs does all of that on top (and hashes the
+source for idempotency). Both run in this one process, one after the other, on the same file;
+`--record` appends the table to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import pyarrow.json as pj
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ingest.job import IngestConfig, ingest  # noqa: E402
+
+WORDS = ("the a model answer user please explain how why what code python data error help thanks "
+         "good bad fine sorry could would maybe list table function return value").split()
+
+
+def generate(path: Path, n: int, seed: int = 0) -> None:
+    """Events shaped like real chat feedback: 1-3 turn prompts, 10-120 word answers, 3 days, 50k users."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            turns = [{"role": "user", "content": " ".join(rng.choices(WORDS, k=rng.randint(5, 40)))}]
+            if rng.random() < 0.3:
+                turns = [{"role": "system", "content": "You are a helpful assistant."}] + turns
+            f.write(json.dumps({
+                "event_id": f"e-{i}", "timestamp": f"2026-11-{rng.randint(18, 20)}T{rng.randint(0, 23):02d}:"
+                                                   f"{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}Z",
+                "user_id": f"u-{rng.randint(0, 50_000)}", "conversation_id": f"c-{i // 3}",
+                "model_version": "prod-v3", "prompt": turns,
+                "completion": " ".join(rng.choices(WORDS, k=rng.randint(10, 120))),
+                "label": "up" if rng.random() < 0.3 else "down",
+            }) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--record", action="store_true", help="append the result to BENCHMARKS.md")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        source = tmp / "events.jsonl"
+        generate(source, args.events)
+        size_mb = source.stat().st_size / 1e6
+
+        t0 = time.perf_counter()
+        table = pj.read_json(source)
+        pq.write_table(table, tmp / "floor.parquet", compression="zstd")
+        floor_s = time.perf_counter() - t0
+        del table
+
+        t0 = time.perf_counter()
+        summary = ingest([source], tmp / "lake", IngestConfig(insecure_dev_key=True), progress=False)
+        thumbs_s = time.perf_counter() - t0
+        assert summary.total("accepted") == args.events, summary.render()
+
+    rows = [("raw floor: read_json + write_table", floor_s), ("thumbs ingest (validate, pseudonymise, partition)",
+                                                             thumbs_s)]
+    lines = [f"| what | seconds | events/s |", "|---|---:|---:|"]
+    lines += [f"| {name} | {s:.2f} | {args.events / s:,.0f} |" for name, s in rows]
+    lines.append(f"| **ratio thumbs / floor** | **{thumbs_s / floor_s:.2f}x** | |")
+    table_md = "\n".join(lines)
+    print(f"{args.events:,} events, {size_mb:,.0f} MB of JSONL\n{table_md}")
+    if args.record:
+        machine = f"{os.cpu_count()}-core {platform.machine()}, Python {platform.python_version()}"
+        with open(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", "a") as f:
+            f.write(f"\n### ingest, {date.today().isoformat()}\n\n`python benchmarks/ingest.py --events "
+                    f"{args.events}` on {machine} ({size_mb:,.0f} MB of JSONL)\n\n{table_md}\n")
+
+
+if __name__ == "__main__":
+    main()
