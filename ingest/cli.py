@@ -45,3 +45,61 @@ def ingest_command(
         typer.echo(f"error: {failed.error}", err=True)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def curate_command(
+    ctx: typer.Context,
+    lake: Path = typer.Option(..., "--lake", help="Lake directory written by `thumbs ingest`."),
+    out: Path = typer.Option(..., "--out", help="Directory of snapshots; the snapshot goes to OUT/<snapshot_id>/."),
+    since: Optional[str] = typer.Option(None, "--since", help="First event date to include (YYYY-MM-DD)."),
+    until: Optional[str] = typer.Option(None, "--until", help="Last event date to include (YYYY-MM-DD)."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML of CurateConfig fields."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="majority | drop-conflicts | latest."),
+    eval_fraction: Optional[float] = typer.Option(None, "--eval-fraction", help="Share of prompts held out."),
+    min_per_class: Optional[int] = typer.Option(None, "--min-per-class", help="Fewest train examples per class."),
+    json_out: bool = typer.Option(False, "--json", help="Print stats.json (with the snapshot's path) on stdout."),
+) -> None:
+    """Dedupe, resolve conflicting votes, split train/eval and set KTO's class weights, on Apache Beam.
+
+    Beam pipeline options go after `--`, e.g. `-- --runner=DataflowRunner --project=...`.
+    """
+    from datetime import date
+
+    from ingest.curate import CurateError, curate
+    from ingest.curation import CurateConfig
+    from ingest.balance import InsufficientData
+
+    try:
+        fields = load_yaml(config_file) if config_file else {}
+        overrides = {"policy": policy, "eval_fraction": eval_fraction, "min_per_class": min_per_class}
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        config = CurateConfig(**fields)
+        window = [date.fromisoformat(d) if d else None for d in (since, until)]
+        stats = curate(lake, out, window[0], window[1], config, beam_args=ctx.args)
+    except (ValueError, TypeError, CurateError, InsufficientData) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    if json_out:
+        typer.echo(json.dumps(stats, indent=2, sort_keys=True))
+        return
+    c = stats["counts"]
+    verb = "unchanged, reusing" if stats["reused"] else "wrote"
+    typer.echo(f"curate: {verb} snapshot {stats['snapshot_id']} at {stats['path']}")
+    typer.echo(f"  {c['events_in']:,} events -> {c['examples']:,} examples -> {c['train']:,} train / {c['eval']:,} eval")
+    for name in sorted(c):
+        if name.startswith(("removed_", "dropped_")) and c[name]:
+            typer.echo(f"  {name.replace('_', ' ')}: {c[name]:,}")
+    typer.echo(f"  train balance: {stats['n_desirable']:,} desirable / {stats['n_undesirable']:,} undesirable; "
+               f"weights λD={stats['desirable_weight']:.4g} λU={stats['undesirable_weight']:.4g} "
+               f"(λD·nD/λU·nU = {stats['balance_ratio']:.3f}, in [1, 4/3]: {stats['balance_in_band']})")
+    for warning in stats["warnings"]:
+        typer.echo(f"  warning: {warning}")
+
+
+def load_yaml(path: Path) -> dict:
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of config fields")
+    return data

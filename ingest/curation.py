@@ -1,0 +1,166 @@
+"""Curation logic on Arrow tables: keys, dedupe, vote resolution, filters and the train/eval split.
+
+Pure functions of tables and a config, with no Beam in them: the Beam job (`ingest/curate.py`) calls
+them on each hash bucket of rows, and the benchmark's floor calls them on the whole table at once.
+All rows of one example (prompt, completion) land in one bucket, so per-bucket results are exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingest.keys import example_key, normalize_text, prompt_key, stable_hash, unit_interval
+from ingest.schema import FEEDBACK_SCHEMA
+
+POLICIES = ("majority", "drop-conflicts", "latest")
+CURATED_SCHEMA = FEEDBACK_SCHEMA.append(pa.field("votes_up", pa.int32(), nullable=False)).append(
+    pa.field("votes_down", pa.int32(), nullable=False))
+_SPLIT_SALT = "\x1cthumbs-split-v1"
+
+
+@dataclass
+class CurateConfig:
+    policy: str = "majority"
+    """How one example's votes become its label: `majority` (ties dropped), `drop-conflicts`
+    (any disagreement dropped) or `latest` (the most recent vote wins)."""
+    eval_fraction: float = 0.05
+    """Share of prompts held out for evaluation, chosen by a hash of the prompt."""
+    max_prompt_chars: int = 32_000
+    """Examples whose prompt (all messages) is longer are dropped (too_long)."""
+    max_completion_chars: int = 16_000
+    """Examples whose completion is longer are dropped (too_long)."""
+    min_per_class: int = 1
+    """Fewer train examples than this of either class stops curation with an error."""
+    balance_target: float = 1.0
+    """λD·nD / (λU·nU) to aim for when a class must be up-weighted; inside [1, 4/3]."""
+    n_buckets: int = 64
+    """Hash buckets the rows are grouped in; bounds what one worker holds at once."""
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.max_prompt_chars < 1 or self.max_completion_chars < 1 or self.n_buckets < 1:
+            raise ValueError("max_prompt_chars, max_completion_chars and n_buckets must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def add_keys(rows: pa.Table, n_buckets: int) -> pa.Table:
+    """Append `_example`, `_user` (the pseudonym, or the event for anonymous votes) and `_bucket`."""
+    key = example_key(rows.column("prompt"), rows.column("completion"))
+    user = pc.coalesce(rows.column("user_id"), pc.binary_join_element_wise("event:", rows.column("event_id"), ""))
+    bucket = (stable_hash(key) % np.uint64(n_buckets)).astype(np.int32)
+    return rows.append_column("_example", key).append_column("_user", user).append_column("_bucket", pa.array(bucket))
+
+
+def split_by_bucket(rows: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    buckets = rows.column("_bucket").to_numpy()
+    order = np.argsort(buckets, kind="stable")
+    sorted_buckets = buckets[order]
+    cuts = np.flatnonzero(np.diff(sorted_buckets)) + 1
+    for part in np.split(order, cuts):
+        if len(part):
+            yield int(buckets[part[0]]), rows.take(pa.array(part))
+
+
+def _first_per_group(rows: pa.Table, keys: list[str], order: list[tuple[str, str]]) -> pa.Table:
+    """Sort by `order` (which starts with `keys`), keep the first row of each run of equal keys."""
+    rows = rows.take(pc.sort_indices(rows, sort_keys=order))
+    n = rows.num_rows
+    if n < 2:
+        return rows
+    first = np.zeros(n, dtype=bool)
+    first[0] = True
+    for name in keys:
+        col = rows.column(name)
+        first[1:] |= pc.not_equal(col.slice(1), col.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    return rows.filter(pa.array(first))
+
+
+def resolve(rows: pa.Table, config: CurateConfig) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """Keyed rows of one bucket to (train, eval, counts by stage and reason)."""
+    counts = {"events_in": rows.num_rows}
+    rows = _first_per_group(rows, ["event_id"], [("event_id", "ascending"), ("timestamp", "ascending"),
+                                                 ("source", "ascending"), ("source_line", "ascending")])
+    counts["removed_duplicate_event_id"] = counts["events_in"] - rows.num_rows
+    n = rows.num_rows
+    # One vote per user per example: their latest.
+    rows = _first_per_group(rows, ["_example", "_user"], [("_example", "ascending"), ("_user", "ascending"),
+                                                          ("timestamp", "descending"), ("event_id", "descending")])
+    counts["removed_superseded_vote"] = n - rows.num_rows
+    counts["votes"] = rows.num_rows
+
+    up = rows.group_by("_example", use_threads=False).aggregate([("desirable", "sum"), ("desirable", "count")])
+    up = up.sort_by("_example")
+    # The example's row (its stored texts, ids, time) is its latest vote.
+    examples = _first_per_group(rows, ["_example"], [("_example", "ascending"), ("timestamp", "descending"),
+                                                     ("event_id", "descending")])
+    n_up = up.column("desirable_sum").to_numpy().astype(np.int32)
+    n_down = up.column("desirable_count").to_numpy().astype(np.int32) - n_up
+    counts["examples"] = examples.num_rows
+    counts["removed_merged_into_example"] = counts["votes"] - examples.num_rows
+    conflicting = (n_up > 0) & (n_down > 0)
+    counts["examples_with_conflicting_votes"] = int(conflicting.sum())
+
+    latest = examples.column("desirable").to_numpy(zero_copy_only=False)
+    if config.policy == "majority":
+        keep, label = n_up != n_down, n_up > n_down
+        counts["dropped_tie"] = int((~keep).sum())
+        counts["relabelled_by_majority"] = int((keep & (label != latest)).sum())
+    elif config.policy == "drop-conflicts":
+        keep, label = ~conflicting, n_up > 0
+        counts["dropped_conflict"] = int(conflicting.sum())
+    else:
+        keep, label = np.ones(len(latest), dtype=bool), latest
+    empty, too_long = _filters(examples, config)
+    counts["dropped_empty"] = int((keep & empty).sum())
+    counts["dropped_too_long"] = int((keep & ~empty & too_long).sum())
+    keep &= ~empty & ~too_long
+
+    curated = examples.set_column(examples.schema.get_field_index("desirable"), "desirable", pa.array(label))
+    curated = curated.append_column("votes_up", pa.array(n_up)).append_column("votes_down", pa.array(n_down))
+    curated = curated.filter(pa.array(keep))
+    is_eval = unit_interval(pc.binary_join_element_wise(prompt_key(curated.column("prompt")), _SPLIT_SALT, "")) \
+        < config.eval_fraction
+    train, eval_ = curated.filter(pa.array(~is_eval)), curated.filter(pa.array(is_eval))
+    for name, part in (("train", train), ("eval", eval_)):
+        n_good = int(pc.sum(part.column("desirable")).as_py() or 0)
+        counts[name] = part.num_rows
+        counts[f"{name}_desirable"], counts[f"{name}_undesirable"] = n_good, part.num_rows - n_good
+    return _final(train), _final(eval_), counts
+
+
+def _filters(examples: pa.Table, config: CurateConfig) -> tuple[np.ndarray, np.ndarray]:
+    prompt = examples.column("prompt").combine_chunks() if examples.num_rows else None
+    if prompt is None:
+        return np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
+    completion = examples.column("completion")
+    empty_completion = pc.equal(pc.utf8_length(normalize_text(completion)), 0)
+    empty_prompt = pc.equal(pc.utf8_length(prompt_key(prompt)), 0)
+    content_chars = pc.utf8_length(pc.list_flatten(prompt).field("content"))
+    parents = pc.list_parent_indices(prompt).to_numpy()
+    prompt_chars = np.bincount(parents, weights=content_chars.to_numpy(), minlength=len(prompt))
+    empty = (pc.or_(empty_completion, empty_prompt)).to_numpy(zero_copy_only=False)
+    too_long = (prompt_chars > config.max_prompt_chars) | \
+        (pc.utf8_length(completion).to_numpy(zero_copy_only=False) > config.max_completion_chars)
+    return empty, too_long
+
+
+def _final(table: pa.Table) -> pa.Table:
+    return table.select(CURATED_SCHEMA.names).cast(CURATED_SCHEMA)
+
+
+def sum_counts(parts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in parts:
+        for name, n in part.items():
+            total[name] = total.get(name, 0) + n
+    return dict(sorted(total.items()))
