@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 export THUMBS_SHARED ?= $(abspath $(CURDIR)/../shared)
 
-.PHONY: demo test bench-ingest clean
+.PHONY: demo test bench-ingest bench-curate clean
 
 demo: $(STAMP)
 	$(PY) -m flows.demo
@@ -26,6 +26,9 @@ test: $(STAMP)
 
 bench-ingest: $(STAMP)
 	$(PY) benchmarks/ingest.py --record
+
+bench-curate: $(STAMP)
+	$(PY) benchmarks/curate.py --record
 
 # torch first: where torch==2.13.0 resolves from a local wheel (CPU build) take it, so no multi-GB CUDA
 # download happens; elsewhere a machine with a GPU gets PyPI's torch and one without the CPU build.

@@ -13,13 +13,11 @@ no shuffle, no writes). The Beam job is `ingest.curate.curate` with its default 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.report import record, timing_table  # noqa: E402
 from ingest.curate import curate  # noqa: E402
 from ingest.curation import CurateConfig, add_keys, resolve  # noqa: E402
 from ingest.lake import feedback_dataset  # noqa: E402
@@ -96,19 +95,14 @@ def main() -> None:
     counts = results[0][2]
     for name, _, c in results[1:]:
         assert c == counts, f"{name} disagrees with the floor: {c} vs {counts}"
-    lines = ["| what | seconds | events/s | x floor |", "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {s:.2f} | {args.events / s:,.0f} | {s / floor_s:.2f}x |" for name, s, _ in results]
-    table_md = "\n".join(lines)
+    table_md = timing_table(args.events, [(name, s) for name, s, _ in results])
     noise = (f"{counts['removed_duplicate_event_id']:,} re-delivered, {counts['removed_superseded_vote']:,} "
              f"superseded votes, {counts['examples']:,} examples, {counts['examples_with_conflicting_votes']:,} "
              f"with conflicting votes, {counts['dropped_tie']:,} ties dropped")
     print(f"{args.events:,} events: {noise}\n{table_md}")
     if args.record:
-        machine = f"{os.cpu_count()}-core {platform.machine()}, Python {platform.python_version()}"
-        with open(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", "a") as f:
-            f.write(f"\n### curate, {date.today().isoformat()}\n\n`python benchmarks/curate.py --events {args.events}` "
-                    f"on {machine}; {noise}. All three agree on every count.\n\n{table_md}\n")
-
+        record("curate", f"python benchmarks/curate.py --events {args.events}",
+               f"{noise}. All three agree on every count.", table_md)
 
 if __name__ == "__main__":
     main()

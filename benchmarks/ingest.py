@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.report import record, timing_table  # noqa: E402
 from ingest.job import IngestConfig, ingest  # noqa: E402
 
 WORDS = ("the a model answer user please explain how why what code python data error help thanks "
@@ -72,19 +70,12 @@ def main() -> None:
         thumbs_s = time.perf_counter() - t0
         assert summary.total("accepted") == args.events, summary.render()
 
-    rows = [("raw floor: read_json + write_table", floor_s), ("thumbs ingest (validate, pseudonymise, partition)",
-                                                             thumbs_s)]
-    lines = [f"| what | seconds | events/s |", "|---|---:|---:|"]
-    lines += [f"| {name} | {s:.2f} | {args.events / s:,.0f} |" for name, s in rows]
-    lines.append(f"| **ratio thumbs / floor** | **{thumbs_s / floor_s:.2f}x** | |")
-    table_md = "\n".join(lines)
+    table_md = timing_table(args.events, [("raw floor: read_json + write_table", floor_s),
+                                          ("thumbs ingest (validate, pseudonymise, partition)", thumbs_s)])
     print(f"{args.events:,} events, {size_mb:,.0f} MB of JSONL\n{table_md}")
     if args.record:
-        machine = f"{os.cpu_count()}-core {platform.machine()}, Python {platform.python_version()}"
-        with open(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", "a") as f:
-            f.write(f"\n### ingest, {date.today().isoformat()}\n\n`python benchmarks/ingest.py --events "
-                    f"{args.events}` on {machine} ({size_mb:,.0f} MB of JSONL)\n\n{table_md}\n")
-
+        record("ingest", f"python benchmarks/ingest.py --events {args.events}", f"{size_mb:,.0f} MB of JSONL",
+               table_md)
 
 if __name__ == "__main__":
     main()
