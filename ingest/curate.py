@@ -21,12 +21,14 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from datetime import date
 from pathlib import Path
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBatched
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -170,6 +172,10 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
         stats = json.loads((final / "stats.json").read_text())
         return {**stats, "path": str(final), "reused": True}
 
+    n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    runner = next((a.split("=", 1)[1] for a in beam_args if a.startswith("--runner=")), DEFAULT_RUNNER)
+    print(f"curate: {n_rows:,} events in {len(files)} file(s) -> snapshot {sid}, on Beam's {runner}",
+          file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{sid}.", dir=out))
     try:
