@@ -63,15 +63,14 @@ def _prompt_column(prompt: pa.ChunkedArray, ok: pa.Array) -> tuple[pa.Array, pa.
     role, content = pc.struct_field(values, "role"), pc.struct_field(values, "content")
     bad_message = pc.invert(pc.and_(pc.fill_null(pc.is_in(role, pa.array(ROLES)), False), pc.is_valid(content)))
     parents = pc.list_parent_indices(prompt)
-    n_bad = pa.array([0] * len(prompt), pa.int64())
-    if len(values):
-        bad_rows = pc.filter(parents, bad_message)
-        if len(bad_rows):
-            n_bad = pc.is_in(pa.array(range(len(prompt)), pa.int64()), pc.cast(bad_rows, pa.int64()))
-            ok = pc.and_(ok, pc.invert(n_bad))
+    bad_rows = pc.filter(parents, bad_message)
+    if len(bad_rows):
+        has_bad_message = pc.is_in(pa.array(range(len(prompt)), pa.int64()), pc.cast(bad_rows, pa.int64()))
+        ok = pc.and_(ok, pc.invert(has_bad_message))
     ok = pc.and_(ok, pc.greater(pc.list_value_length(prompt), 0))
     messages = pa.StructArray.from_arrays([role, content], fields=list(MESSAGE_TYPE))
-    return pa.ListArray.from_arrays(prompt.offsets, messages), ok
+    offsets = pc.subtract(prompt.offsets, prompt.offsets[0])  # list_flatten starts at the first offset
+    return pa.ListArray.from_arrays(offsets, messages), ok
 
 
 def _label_column(label: pa.Array) -> tuple[pa.Array, pa.Array] | None:
