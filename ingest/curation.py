@@ -54,11 +54,14 @@ class CurateConfig:
 
 
 def add_keys(rows: pa.Table, n_buckets: int) -> pa.Table:
-    """Append `_example`, `_user` (the pseudonym, or the event for anonymous votes) and `_bucket`."""
-    key = example_key(rows.column("prompt"), rows.column("completion"))
+    """Append `_prompt` (the prompt's key), `_example`, `_user` (the pseudonym, or the event for
+    anonymous votes) and `_bucket`."""
+    prompts = prompt_key(rows.column("prompt"))
+    key = example_key(prompts, rows.column("completion"))
     user = pc.coalesce(rows.column("user_id"), pc.binary_join_element_wise("event:", rows.column("event_id"), ""))
     bucket = (stable_hash(key) % np.uint64(n_buckets)).astype(np.int32)
-    return rows.append_column("_example", key).append_column("_user", user).append_column("_bucket", pa.array(bucket))
+    return (rows.append_column("_prompt", prompts).append_column("_example", key).append_column("_user", user)
+            .append_column("_bucket", pa.array(bucket)))
 
 
 def split_by_bucket(rows: pa.Table) -> Iterator[tuple[int, pa.Table]]:
@@ -128,7 +131,7 @@ def resolve(rows: pa.Table, config: CurateConfig) -> tuple[pa.Table, pa.Table, d
     curated = examples.set_column(examples.schema.get_field_index("desirable"), "desirable", pa.array(label))
     curated = curated.append_column("votes_up", pa.array(n_up)).append_column("votes_down", pa.array(n_down))
     curated = curated.filter(pa.array(keep))
-    is_eval = unit_interval(pc.binary_join_element_wise(prompt_key(curated.column("prompt")), _SPLIT_SALT, "")) \
+    is_eval = unit_interval(pc.binary_join_element_wise(curated.column("_prompt"), _SPLIT_SALT, "")) \
         < config.eval_fraction
     train, eval_ = curated.filter(pa.array(~is_eval)), curated.filter(pa.array(is_eval))
     for name, part in (("train", train), ("eval", eval_)):
@@ -144,11 +147,15 @@ def _filters(examples: pa.Table, config: CurateConfig) -> tuple[np.ndarray, np.n
         return np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
     completion = examples.column("completion")
     empty_completion = pc.equal(pc.utf8_length(normalize_text(completion)), 0)
-    empty_prompt = pc.equal(pc.utf8_length(prompt_key(prompt)), 0)
-    content_chars = pc.utf8_length(pc.list_flatten(prompt).field("content"))
+    content = pc.list_flatten(prompt).field("content")
     parents = pc.list_parent_indices(prompt).to_numpy()
-    prompt_chars = np.bincount(parents, weights=content_chars.to_numpy(), minlength=len(prompt))
-    empty = (pc.or_(empty_completion, empty_prompt)).to_numpy(zero_copy_only=False)
+
+    def per_prompt(chars: pa.Array) -> np.ndarray:
+        return np.bincount(parents, weights=chars.to_numpy(), minlength=len(prompt))
+
+    prompt_chars = per_prompt(pc.utf8_length(content))
+    empty_prompt = per_prompt(pc.utf8_length(normalize_text(content))) == 0  # every message blank
+    empty = empty_completion.to_numpy(zero_copy_only=False) | empty_prompt
     too_long = (prompt_chars > config.max_prompt_chars) | \
         (pc.utf8_length(completion).to_numpy(zero_copy_only=False) > config.max_completion_chars)
     return empty, too_long

@@ -31,9 +31,9 @@ def prompt_key(prompt: pa.Array) -> pa.Array:
     return pc.binary_join(pa.ListArray.from_arrays(offsets, messages), "\x1e")
 
 
-def example_key(prompt: pa.Array, completion: pa.Array) -> pa.Array:
-    """The (prompt, completion) identity: different users voting on it vote on one example."""
-    return pc.binary_join_element_wise(prompt_key(prompt), normalize_text(completion), "\x1d")
+def example_key(prompt_keys: pa.Array, completion: pa.Array) -> pa.Array:
+    """The (prompt, completion) identity, from `prompt_key`s: different users voting on it vote on one example."""
+    return pc.binary_join_element_wise(prompt_keys, normalize_text(completion), "\x1d")
 
 
 def _powers(n: int) -> np.ndarray:

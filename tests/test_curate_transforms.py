@@ -125,3 +125,10 @@ def test_resolve_votes_transform_gives_exact_rows_and_counts():
 def test_multi_threading_is_refused():
     with pytest.raises(CurateError, match="multi_threading"):
         pipeline_options(["--direct_running_mode=multi_threading"])
+
+
+def test_a_prompt_of_blank_messages_is_dropped_as_empty():
+    blank = rows(("e1", "u1", " \n ", "an answer", True, 0), ("e2", "u2", "Q", "an answer", True, 0))
+    train, _, counts = resolve(add_keys(blank, 2), CurateConfig(eval_fraction=0.0))
+    assert counts["dropped_empty"] == 1
+    assert [r["prompt"][0]["content"] for r in train.to_pylist()] == ["Q"]
