@@ -9,12 +9,14 @@ from __future__ import annotations
 import typer
 
 from ingest.cli import curate_command, ingest_command
+from training.cli import train_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="thumbs: nightly KTO retraining of LoRA adapters from thumbs-up/down feedback.")
 app.command("ingest")(ingest_command)
 app.command("curate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
     curate_command)
+app.command("train")(train_command)
 
 
 @app.callback()

@@ -32,3 +32,35 @@ def shared() -> Path:
 @pytest.fixture
 def lake(tmp_path: Path) -> Path:
     return tmp_path / "lake"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer GPT-2 with random weights, built from the shared tiny model's config, with its real tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    config = AutoConfig.from_pretrained(TINY_GPT2)
+    config.update({"n_embd": 32, "n_layer": 2, "n_head": 2})
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(TINY_GPT2).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def hh_snapshot(tmp_path_factory) -> Path:
+    """A real snapshot (ingest + Beam curate) of the first 100 shared HH-RLHF pairs: ~200 thumbs-up/down events."""
+    import gzip
+
+    from ingest.curate import curate
+    from ingest.job import IngestConfig, ingest
+
+    root = tmp_path_factory.mktemp("hh")
+    with gzip.open(HH_PATH, "rt") as f:
+        lines = [next(f) for _ in range(100)]
+    source = root / "hh-100.jsonl"
+    source.write_text("".join(lines))
+    ingest([source], root / "lake", IngestConfig(format="hh", insecure_dev_key=True), progress=False)
+    return Path(curate(root / "lake", root / "snapshots")["path"])

@@ -1,0 +1,348 @@
+"""KTO training of a LoRA adapter on a snapshot: setup → train → export.
+
+    thumbs train --snapshot SNAPSHOT --base-model MODEL --out OUT [--config training/kto.yaml]
+    torchrun --nproc_per_node 2 -m training.cli --snapshot ... (data parallel; gloo on CPU, NCCL on GPU)
+
+Each micro-batch costs one forward and backward of the policy and, for z0, two no-grad forwards
+over the mismatched pairs (policy, then reference = adapter off); the matched examples' reference
+log-probs come from the per-snapshot cache.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+import torch
+
+from training import checkpoint, distributed, export
+from training.config import TrainConfig
+from training.data import Encoded, collate, encode, kl_partners, plan_epoch, read_split
+from training.loss import estimate_kl, kto_loss
+from training.model import (Scorer, compute_dtype, load_model, load_tokenizer, pick_device, resolve_model_path,
+                            weights_fingerprint)
+from training.refcache import cache_key, reference_logps
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or cannot go on; the message says what to change."""
+
+
+class Diverged(TrainingError):
+    """The loss or the gradients stopped being finite; the last good checkpoint is kept."""
+
+
+# --- the data stream: which micro-batches each process trains on at each step ----------------------------
+
+@dataclass
+class Plan:
+    encoded: Encoded
+    config: TrainConfig
+    world: int
+    _epoch: int = -1
+    _batches: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.per_step = self.world * self.config.gradient_accumulation_steps
+        self.batches_per_epoch = math.ceil(len(self._epoch_batches(0)) / self.per_step) * self.per_step
+        self.steps_per_epoch = self.batches_per_epoch // self.per_step
+        c = self.config
+        self.total_steps = c.max_steps or max(1, math.ceil(c.epochs * self.steps_per_epoch))
+
+    def _epoch_batches(self, epoch: int) -> list:
+        if epoch != self._epoch:
+            c = self.config
+            batches = plan_epoch(self.encoded, epoch, c.seed, c.micro_batch_size, c.length_group_size)
+            # Like DistributedSampler: repeat the first micro-batches so every process gets the same count.
+            short = -len(batches) % self.per_step
+            self._epoch, self._batches = epoch, batches + batches[:short]
+        return self._batches
+
+    def micro_batches(self, step: int, rank: int) -> List[np.ndarray]:
+        """This process's micro-batches for optimizer step `step` (0-based), deterministic from the seed."""
+        out = []
+        for a in range(self.config.gradient_accumulation_steps):
+            g = step * self.per_step + a * self.world + rank
+            out.append(self._epoch_batches(g // self.batches_per_epoch)[g % self.batches_per_epoch])
+        return out
+
+
+def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str) -> float:
+    warmup = int(warmup_ratio * total)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 1 - progress) if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --- one optimizer step --------------------------------------------------------------------------------
+
+STAT_NAMES = ("loss", "examples", "n_desirable", "n_undesirable", "reward_desirable", "reward_undesirable",
+              "logps_desirable", "logps_undesirable", "tokens", "kl")
+
+
+def train_step(scorer: Scorer, micro: List[np.ndarray], encoded: Encoded, reference: torch.Tensor,
+               weights: tuple, config: TrainConfig, device: torch.device, pad_id: int,
+               processes: distributed.Processes) -> torch.Tensor:
+    """Forward, backward and gradient sync for one optimizer step; returns the step's summed stats."""
+    stats = torch.zeros(len(STAT_NAMES), dtype=torch.float64, device=device)
+    for idx in micro:
+        batch = collate(encoded, idx, config.max_length, pad_id).to(device)
+        with torch.no_grad():  # z0 first, so its activations are gone before the policy's are kept
+            if config.z0 == "kl":
+                pairs = collate(encoded, idx, config.max_length, pad_id,
+                                completions_from=idx[kl_partners(encoded.prompt_group[idx])]).to(device)
+                policy_kl = scorer(pairs)
+                with scorer.reference_mode():
+                    reference_kl = scorer(pairs)
+                kl = estimate_kl(policy_kl, reference_kl)  # all-reduced over processes, clamped, detached
+            else:
+                kl = torch.zeros((), device=device)
+        policy_logps = scorer(batch)  # (B,)
+        reference_logps = reference[torch.from_numpy(idx)].to(device)
+        out = kto_loss(policy_logps, reference_logps, batch.desirable, kl, config.beta, *weights)
+        (out.losses.mean() / len(micro)).backward()
+
+        d = batch.desirable
+        logps = policy_logps.detach().double()
+        stats += torch.stack([
+            out.losses.detach().double().sum(), torch.tensor(float(len(idx)), device=device),
+            d.sum().double(), (~d).sum().double(), out.rewards[d].double().sum(), out.rewards[~d].double().sum(),
+            logps[d].sum(), logps[~d].sum(), torch.tensor(float(batch.tokens), device=device),
+            kl.double(),  # the same on every process: the all-summed value / world is z0
+        ])
+    distributed.average_gradients(scorer.trainable_parameters(), processes)
+    return stats
+
+
+def summarize(stats: torch.Tensor, processes: distributed.Processes, micro_steps: int) -> dict:
+    s = dict(zip(STAT_NAMES, distributed.all_sum(stats, processes).tolist()))
+    mean = lambda a, b: a / b if b else None  # noqa: E731  (a class absent from the step has no mean)
+    rd, ru = mean(s["reward_desirable"], s["n_desirable"]), mean(s["reward_undesirable"], s["n_undesirable"])
+    return {"loss": s["loss"] / s["examples"], "kl": s["kl"] / processes.world / micro_steps,
+            "rewards/desirable": rd, "rewards/undesirable": ru,
+            "logps/desirable": mean(s["logps_desirable"], s["n_desirable"]),
+            "logps/undesirable": mean(s["logps_undesirable"], s["n_undesirable"]),
+            "margin": rd - ru if rd is not None and ru is not None else None,
+            "examples": int(s["examples"]), "tokens": int(s["tokens"])}
+
+
+# --- the run -------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """Everything `train` sets up before the first step."""
+    config: TrainConfig
+    processes: distributed.Processes
+    device: torch.device
+    out: Path
+    tokenizer: object
+    model: torch.nn.Module
+    scorer: Scorer
+    encoded: Encoded
+    reference: torch.Tensor
+    weights: tuple
+    plan: Plan
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    identity: dict  # what a checkpoint must match to be resumed
+    meta: dict
+
+
+def train(snapshot: Path, base_model: str, out: Path, config: TrainConfig, *, resume: bool = False,
+          log: Optional[Callable[[str], None]] = None) -> dict:
+    """Train a KTO LoRA adapter on `snapshot`'s train split; write it to `out`; return the run's summary."""
+    processes = distributed.start(want_cuda=pick_device(config).type == "cuda")
+    say = (log or (lambda line: print(line, file=sys.stderr, flush=True))) if processes.main else (lambda line: None)
+    try:
+        run = setup(Path(snapshot), base_model, Path(out), config, processes, resume, say)
+        return fit(run, say)
+    finally:
+        distributed.stop(processes)
+
+
+def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, processes: distributed.Processes,
+          resume: bool, say: Callable) -> Run:
+    started = time.monotonic()
+    stats = _read_stats(snapshot)
+    weights = (config.desirable_weight or stats["desirable_weight"], config.undesirable_weight or stats["undesirable_weight"])
+    if (out / export.META).exists():
+        raise TrainingError(f"{out} already holds a finished adapter ({export.META}); choose another --out")
+    if checkpoint.latest(out) is not None and not resume:
+        raise TrainingError(f"{out} holds checkpoints of an unfinished run: pass --resume to continue it, "
+                            "or choose another --out")
+    device = pick_device(config)
+    model_dir = resolve_model_path(base_model)
+    tokenizer = load_tokenizer(model_dir)
+    encoded = encode(read_split(snapshot), tokenizer, config.max_length, config.max_prompt_length)
+    plan = Plan(encoded, config, processes.world)
+    c = encoded.counts
+    say(f"train: {c['examples']:,} examples ({c['desirable']:,} desirable / {c['undesirable']:,} undesirable, "
+        f"{c['prompts']:,} prompts); truncated: {c['truncated_prompt']:,} prompts, "
+        f"{c['truncated_completion']:,} completions; dropped empty: {c['dropped_empty']:,}")
+    say(f"train: {plan.total_steps:,} steps of {config.micro_batch_size} x {config.gradient_accumulation_steps} "
+        f"accumulation x {processes.world} process(es); β={config.beta} λD={weights[0]:.4g} λU={weights[1]:.4g} "
+        f"z0={config.z0}; base {base_model} ({config.quantize}) on {device}")
+
+    fingerprint = weights_fingerprint(model_dir)
+    torch.manual_seed(config.seed)  # LoRA's A matrices start random: the seed makes a run repeatable
+    model = load_model(model_dir, config, device)
+    scorer = Scorer(model, config.logits_chunk_tokens)
+    key = cache_key(fingerprint, config.quantize, compute_dtype(device), device, encoded)
+    reference, cached = reference_logps(
+        scorer, encoded, key=key, cache_dir=snapshot / "refcache" if config.cache_reference else None,
+        batch_size=2 * config.micro_batch_size, max_length=config.max_length, pad_id=tokenizer.pad_token_id,
+        device=device, rank=processes.rank, world=processes.world, log=say)
+
+    optimizer = torch.optim.AdamW(scorer.trainable_parameters(), lr=config.learning_rate,
+                                  betas=config.adam_betas, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, plan.total_steps, config.warmup_ratio, config.schedule))
+    identity = {"snapshot_id": stats.get("snapshot_id"), "base_model_sha256": fingerprint,
+                "data_sha256": encoded.fingerprint(), "world": processes.world,
+                "config": config.to_dict()}
+    meta = {"base_model": base_model, "base_model_path": str(model_dir), "base_model_sha256": fingerprint,
+            "snapshot_id": stats.get("snapshot_id"), "snapshot": str(snapshot),
+            "config": dict(config.to_dict(), desirable_weight=weights[0], undesirable_weight=weights[1]),
+            "data": c, "reference_cache": {"key": key, "hit": cached}, "processes": processes.world,
+            "device": str(device), "setup_seconds": round(time.monotonic() - started, 2)}
+    out.mkdir(parents=True, exist_ok=True)
+    export.clear_partial(out)
+    return Run(config, processes, device, out, tokenizer, model, scorer, encoded, reference, weights, plan,
+               optimizer, scheduler, identity, meta)
+
+
+def fit(run: Run, say: Callable) -> dict:
+    c, processes = run.config, run.processes
+    start_step = _maybe_resume(run, say)
+    metrics_log = _MetricsLog(run.out / export.METRICS, keep_until=start_step, main=processes.main)
+    params = run.scorer.trainable_parameters()
+    run.model.train()
+    began, last_say, history = time.monotonic(), 0.0, []
+    for step in range(start_step, run.plan.total_steps):
+        t0 = time.monotonic()
+        micro = run.plan.micro_batches(step, processes.rank)
+        stats = train_step(run.scorer, micro, run.encoded, run.reference, run.weights, c, run.device,
+                           run.tokenizer.pad_token_id, processes)
+        row = summarize(stats, processes, len(micro))
+        clip = c.max_grad_norm if c.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if not (math.isfinite(row["loss"]) and math.isfinite(grad_norm)):
+            last = checkpoint.latest(run.out)
+            raise Diverged(f"step {step + 1}: loss {row['loss']} and gradient norm {grad_norm}; stopped before the "
+                           f"update. Last good checkpoint: {last or 'none'}. Lower learning_rate or beta, and check "
+                           "the data.")
+        row.update(step=step + 1, epoch=round((step + 1) / run.plan.steps_per_epoch, 4), grad_norm=grad_norm,
+                   learning_rate=run.scheduler.get_last_lr()[0])
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        seconds = time.monotonic() - t0
+        row.update(seconds=round(seconds, 4), tokens_per_s=round(row["tokens"] / seconds, 1))
+        metrics_log.write(row)
+        history.append(row)
+
+        done = step + 1
+        if c.checkpoint_every and done % c.checkpoint_every == 0 and done < run.plan.total_steps:
+            if processes.main:
+                checkpoint.save(run.out, done, run.model, run.optimizer, run.scheduler, run.identity,
+                                c.keep_checkpoints)
+            distributed.barrier(processes)
+        now = time.monotonic()
+        if now - last_say > 2 or done == run.plan.total_steps:
+            last_say, rate = now, (done - start_step) / (now - began)
+            say(f"  step {done:,}/{run.plan.total_steps:,}  loss {row['loss']:.4f}  kl {row['kl']:.4f}  "
+                f"margin {_fmt(row['margin'])}  {row['tokens_per_s']:,.0f} tok/s  "
+                f"ETA {(run.plan.total_steps - done) / rate:,.0f}s")
+    return _finish(run, history, start_step, began, say)
+
+
+def _maybe_resume(run: Run, say: Callable) -> int:
+    last = checkpoint.latest(run.out)
+    if last is None:
+        return 0
+    state = json.loads((last / checkpoint.STATE).read_text())
+    changed = sorted(k for k in run.identity if state.get(k) != run.identity[k])
+    if changed:
+        raise TrainingError(f"cannot resume from {last}: {', '.join(changed)} differ from that run's. Resume with "
+                            "the same snapshot, base model, config and process count, or choose another --out")
+    state = checkpoint.load(last, run.model, run.optimizer, run.scheduler)
+    say(f"train: resuming from {last} (step {state['step']:,} of {run.plan.total_steps:,})")
+    return state["step"]
+
+
+def _finish(run: Run, history: list, start_step: int, began: float, say: Callable) -> dict:
+    elapsed = time.monotonic() - began
+    tail = history[-min(10, len(history)):]
+    final = {k: _mean([r[k] for r in tail]) for k in ("loss", "kl", "rewards/desirable", "rewards/undesirable",
+                                                       "margin", "tokens_per_s")} if tail else {}
+    summary = {"out": str(run.out), "steps": run.plan.total_steps, "resumed_from_step": start_step,
+               "examples": len(run.encoded), "train_seconds": round(elapsed, 2),
+               "tokens": sum(r["tokens"] for r in history), "final": final}
+    _check_processes_agree(run)
+    if run.processes.main:
+        export.write_adapter(run.out, run.model, run.tokenizer)
+        meta = dict(run.meta, summary=summary, libraries=export.library_versions(),
+                    finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        export.write_meta(run.out, meta)
+        checkpoint.remove_all(run.out)
+    distributed.barrier(run.processes)
+    say(f"train: done, {summary['steps']:,} steps in {elapsed:,.1f}s; last {len(tail)} steps: loss "
+        f"{_fmt(final.get('loss'))}, kl {_fmt(final.get('kl'))}, margin {_fmt(final.get('margin'))}; "
+        f"adapter at {run.out}")
+    return summary
+
+
+def _check_processes_agree(run: Run) -> None:
+    """Every process must end with the same adapter; a silent divergence would export one rank's guess."""
+    if run.processes.world == 1:
+        return
+    local = torch.stack([p.detach().double().sum() for p in run.scorer.trainable_parameters()]).sum()
+    total = distributed.all_sum(local.clone(), run.processes)
+    if not torch.isclose(total, local * run.processes.world, rtol=1e-9, atol=1e-12):
+        raise TrainingError("the processes ended with different adapters; gradients were not synchronised")
+
+
+class _MetricsLog:
+    """metrics.jsonl, one line per step; on resume the lines past the checkpoint are dropped first."""
+
+    def __init__(self, path: Path, keep_until: int, main: bool):
+        self.path, self.main = path, main
+        if not main:
+            return
+        kept = []
+        if keep_until and path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= keep_until]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
+    def write(self, row: dict) -> None:
+        if self.main:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def _read_stats(snapshot: Path) -> dict:
+    path = snapshot / "stats.json"
+    if not path.exists():
+        raise TrainingError(f"{path} not found: --snapshot must be a folder written by `thumbs curate`")
+    return json.loads(path.read_text())
+
+
+def _mean(values: list) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
