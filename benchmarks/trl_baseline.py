@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-HH_TEST = Path("/work/shared/data/hh-rlhf/harmless-base-test.jsonl.gz")
-GPT2_TOKENIZER = Path("/work/shared/models/tiny-random-gpt2")
+SHARED = Path(os.environ.get("THUMBS_SHARED", REPO.parent / "shared"))
+HH_TEST = SHARED / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+GPT2_TOKENIZER = SHARED / "models" / "tiny-random-gpt2"
 ANSWER_MARKER = "\n\nAssistant:"
 
 

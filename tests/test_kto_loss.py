@@ -47,16 +47,21 @@ def test_z0_is_the_clamped_mean_log_ratio_of_the_mismatched_pairs_and_is_detache
         estimate_kl(torch.zeros(0), torch.zeros(0))
 
 
-def naive_completion_logps(hidden, head, input_ids, completion_mask):
-    logps = head(hidden).log_softmax(-1)[:, :-1]  # (B, T-1, V): the whole batch at once
+def naive_completion_logps(hidden, head, input_ids, completion_mask, softcap=None):
+    logits = head(hidden)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    logps = logits.log_softmax(-1)[:, :-1]  # (B, T-1, V): the whole batch at once
     token = logps.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     return (token * completion_mask[:, 1:]).sum(-1)
 
 
-def test_chunked_log_probs_and_their_gradients_equal_the_full_logits_computation():
+@pytest.mark.parametrize("frozen", [True, False], ids=["fused-frozen-head", "checkpointed-any-head"])
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_chunked_log_probs_and_their_gradients_equal_the_full_logits_computation(frozen, softcap):
     torch.manual_seed(0)
     B, T, C, V = 3, 7, 5, 11
-    head = torch.nn.Linear(C, V, bias=False).double()
+    head = torch.nn.Linear(C, V, bias=True).double().requires_grad_(not frozen)
     input_ids = torch.randint(0, V, (B, T))
     mask = torch.zeros(B, T, dtype=torch.bool)
     mask[0, 2:7] = True  # prompt of 2, completion of 5
@@ -64,13 +69,16 @@ def test_chunked_log_probs_and_their_gradients_equal_the_full_logits_computation
     mask[2, 1:2] = True  # a one-token completion
     hidden = torch.randn(B, T, C, dtype=torch.float64, requires_grad=True)
 
-    expected = naive_completion_logps(hidden, head, input_ids, mask)
-    (grad_expected,) = torch.autograd.grad(expected.sum(), hidden)
-    got = completion_logps(hidden, head, input_ids, mask, chunk_tokens=3)  # 8 tokens: 3 chunks
-    (grad_got,) = torch.autograd.grad(got.sum(), hidden)
+    expected = naive_completion_logps(hidden, head, input_ids, mask, softcap)
+    (grad_expected,) = torch.autograd.grad(expected.sum() * 0.5, hidden)  # a non-unit upstream gradient
+    got = completion_logps(hidden, head, input_ids, mask, chunk_tokens=3, softcap=softcap)  # 8 tokens: 3 chunks
+    (grad_got,) = torch.autograd.grad(got.sum() * 0.5, hidden)
     torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(grad_got, grad_expected, atol=1e-6, rtol=0)
     assert grad_got[1, 6:].abs().sum() == 0  # padding and the last position predict nothing
+    with torch.no_grad():
+        torch.testing.assert_close(completion_logps(hidden, head, input_ids, mask, 3, softcap).double(), expected,
+                                   atol=1e-6, rtol=0)
 
 
 def test_a_completion_token_at_position_zero_is_refused():

@@ -66,9 +66,10 @@ class TrainConfig:
     lora_dropout: float = 0.0
     target_modules: Union[str, list] = "all-linear"
     """peft target modules; 'all-linear' is every linear layer but the output head."""
-    gradient_checkpointing: bool = True
-    """Recompute activations in backward: less memory for ~30% more compute."""
-    logits_chunk_tokens: int = 1024
+    gradient_checkpointing: Union[bool, str] = "auto"
+    """Recompute activations in backward: less memory, more compute. 'auto': on for CUDA, where activations
+    of big models fill the GPU; off on CPU, where the models are small and compute is the scarce thing."""
+    logits_chunk_tokens: int = 256
     """Completion positions sent through the output head at once."""
     device: str = "auto"
     """'auto' (cuda when present), 'cpu' or 'cuda'."""
@@ -106,6 +107,8 @@ class TrainConfig:
             raise ValueError("warmup_ratio must lie in [0, 1)")
         if self.gradient_accumulation_steps < 1 or self.length_group_size < 1 or self.logits_chunk_tokens < 1:
             raise ValueError("gradient_accumulation_steps, length_group_size and logits_chunk_tokens must be >= 1")
+        if self.gradient_checkpointing not in (True, False, "auto"):
+            raise ValueError(f"gradient_checkpointing must be true, false or auto, got {self.gradient_checkpointing!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         self.adam_betas = tuple(self.adam_betas)

@@ -2,8 +2,10 @@
 
 A causal LM's head turns each position's hidden state into |V| logits; at |V| = 50k-150k that
 tensor, in float32, for a whole batch, is what dominates a naive trainer's memory and time. Only
-completion tokens count in KTO, so only their positions go through the head, a chunk at a time,
-and under autograd each chunk is recomputed in backward instead of kept (activation checkpointing).
+completion tokens count in KTO, so only their positions go through the head, a chunk at a time.
+Under autograd, a frozen linear head takes the fused path: each chunk's gradient with respect to its
+hidden states, (onehot − softmax)·W, is formed while the chunk's logits exist, so backward needs
+neither the logits nor a second matmul to rebuild them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
@@ -19,14 +22,14 @@ def completion_logps(
     head: Callable[[torch.Tensor], torch.Tensor],
     input_ids: torch.Tensor,
     completion_mask: torch.Tensor,
-    chunk_tokens: int = 1024,
+    chunk_tokens: int = 256,
     softcap: Optional[float] = None,
 ) -> torch.Tensor:
     """Σ_t log p(y_t | x, y_<t) over each row's completion tokens.
 
     Args:
         hidden: (B, T, C) the backbone's last hidden states.
-        head: maps (N, C) hidden states to (N, V) logits (the model's output layer).
+        head: the output layer, (N, C) → (N, V) logits; a frozen `nn.Linear` gets the fused path.
         input_ids: (B, T) prompt + completion (+ padding).
         completion_mask: (B, T) True on completion tokens; prompt and padding are False. A row's
             first token can never be a completion token (nothing predicts it).
@@ -34,7 +37,7 @@ def completion_logps(
         softcap: the model's final-logit soft-capping (Gemma-2 style), if any.
 
     Returns:
-        (B,) float32 sums; rows without completion tokens give 0.
+        (B,) sums in float32 (float64 for a float64 model); rows without completion tokens give 0.
     """
     if completion_mask[:, 0].any():
         raise ValueError("a completion token at position 0 has no context to predict it from")
@@ -43,8 +46,58 @@ def completion_logps(
     states = hidden[:, :-1][targets_mask]  # (N, C)
     targets = input_ids[:, 1:][targets_mask]  # (N,)
 
+    frozen_linear = isinstance(head, nn.Linear) and not any(p.requires_grad for p in head.parameters())
+    if frozen_linear:
+        per_token = _FrozenHeadLogps.apply(states, head.weight, head.bias, targets, chunk_tokens, softcap)
+    else:
+        per_token = _checkpointed_logps(states, head, targets, chunk_tokens, softcap)
+    sums = torch.zeros(input_ids.shape[0], dtype=per_token.dtype, device=hidden.device)
+    return sums.index_add(0, rows, per_token)
+
+
+def _chunk_logits(h, weight, bias, softcap):
+    logits = _upcast(nn.functional.linear(h, weight, bias))  # (n, V): one chunk in float32, never the batch
+    if softcap is None:
+        return logits, None
+    squashed = torch.tanh(logits / softcap)
+    return squashed * softcap, squashed
+
+
+class _FrozenHeadLogps(torch.autograd.Function):
+    """log softmax(h·Wᵀ + b)[y] per row, chunked, with d/dh formed in forward (W and b get no gradient)."""
+
+    @staticmethod
+    def forward(ctx, states, weight, bias, targets, chunk_tokens, softcap):
+        need_grad = ctx.needs_input_grad[0]
+        out = torch.empty(states.shape[0], dtype=_upcast(states).dtype, device=states.device)
+        grad = torch.empty_like(states) if need_grad else None
+        for start in range(0, states.shape[0], chunk_tokens):
+            end = min(start + chunk_tokens, states.shape[0])
+            logits, squashed = _chunk_logits(states[start:end], weight, bias, softcap)
+            y = targets[start:end, None]
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+            out[start:end] = (logits.gather(-1, y) - lse).squeeze(-1)
+            if need_grad:
+                d_logits = torch.exp_(logits.sub_(lse)).neg_()  # −softmax, in place: no second (n, V) buffer
+                d_logits.scatter_add_(-1, y, torch.ones_like(y, dtype=d_logits.dtype))  # + onehot
+                if squashed is not None:
+                    d_logits.mul_(1 - squashed.square_())  # through softcap·tanh(x / softcap)
+                grad[start:end] = (d_logits.to(weight.dtype) @ weight).to(states.dtype)
+        if need_grad:
+            ctx.save_for_backward(grad)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad_out[:, None].to(grad.dtype) * grad, None, None, None, None, None
+
+
+def _checkpointed_logps(states, head, targets, chunk_tokens, softcap) -> torch.Tensor:
+    """Any head (trainable, quantised, adapted): each chunk recomputed in backward instead of kept."""
+
     def token_logps(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float()  # (n, V): one chunk in float32, never the batch
+        logits = _upcast(head(h))
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
         return logits.gather(-1, y[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
@@ -56,6 +109,9 @@ def completion_logps(
             pieces.append(checkpoint(token_logps, h, y, use_reentrant=False))
         else:
             pieces.append(token_logps(h, y))
-    per_token = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-    sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=hidden.device)
-    return sums.index_add(0, rows, per_token)
+    return torch.cat(pieces) if pieces else states.new_zeros(0, dtype=_upcast(states).dtype)
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 to float32 for the softmax; float32 and float64 stay as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))

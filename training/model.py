@@ -96,7 +96,7 @@ def load_model(model_dir: Path, config: TrainConfig, device: torch.device) -> nn
     # bf16 inference on the first no-grad call, which rounds differently and breaks the next backward.
     model.train()
     model.config.use_cache = False
-    if config.gradient_checkpointing:
+    if config.gradient_checkpointing is True or (config.gradient_checkpointing == "auto" and device.type == "cuda"):
         no_reentrant = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name is deprecated
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=no_reentrant)

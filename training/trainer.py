@@ -198,6 +198,7 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     model = load_model(model_dir, config, device)
     scorer = Scorer(model, config.logits_chunk_tokens)
     key = cache_key(fingerprint, config.quantize, compute_dtype(device), device, encoded)
+    ref_started = time.monotonic()
     reference, cached = reference_logps(
         scorer, encoded, key=key, cache_dir=snapshot / "refcache" if config.cache_reference else None,
         batch_size=2 * config.micro_batch_size, max_length=config.max_length, pad_id=tokenizer.pad_token_id,
@@ -213,7 +214,8 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     meta = {"base_model": base_model, "base_model_path": str(model_dir), "base_model_sha256": fingerprint,
             "snapshot_id": stats.get("snapshot_id"), "snapshot": str(snapshot),
             "config": dict(config.to_dict(), desirable_weight=weights[0], undesirable_weight=weights[1]),
-            "data": c, "reference_cache": {"key": key, "hit": cached}, "processes": processes.world,
+            "data": c, "processes": processes.world,
+            "reference_cache": {"key": key, "hit": cached, "seconds": round(time.monotonic() - ref_started, 3)},
             "device": str(device), "setup_seconds": round(time.monotonic() - started, 2)}
     out.mkdir(parents=True, exist_ok=True)
     export.clear_partial(out)
