@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 export THUMBS_SHARED ?= $(abspath $(CURDIR)/../shared)
 
-.PHONY: demo test bench-ingest bench-curate clean
+.PHONY: demo test bench-ingest bench-curate bench-train clean
 
 demo: $(STAMP)
 	$(PY) -m flows.demo
@@ -29,6 +29,9 @@ bench-ingest: $(STAMP)
 
 bench-curate: $(STAMP)
 	$(PY) benchmarks/curate.py --record
+
+bench-train: $(STAMP)
+	$(PY) benchmarks/train.py --vs trl --record
 
 # torch first: where torch==2.13.0 resolves from a local wheel (CPU build) take it, so no multi-GB CUDA
 # download happens; elsewhere a machine with a GPU gets PyPI's torch and one without the CPU build.
