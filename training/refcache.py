@@ -28,9 +28,10 @@ CACHE_VERSION = 1
 
 
 def cache_key(model_fingerprint: str, quantize: str, dtype: torch.dtype, device: torch.device,
-              encoded: Encoded) -> str:
+              data_fingerprint: str) -> str:
+    """`data_fingerprint` is `Encoded.fingerprint()`: every token id and label."""
     parts = {"version": CACHE_VERSION, "model": model_fingerprint, "quantize": quantize, "dtype": str(dtype),
-             "device": device.type, "data": encoded.fingerprint()}
+             "device": device.type, "data": data_fingerprint}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 

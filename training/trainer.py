@@ -197,7 +197,8 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     torch.manual_seed(config.seed)  # LoRA's A matrices start random: the seed makes a run repeatable
     model = load_model(model_dir, config, device)
     scorer = Scorer(model, config.logits_chunk_tokens)
-    key = cache_key(fingerprint, config.quantize, compute_dtype(device), device, encoded)
+    data_fingerprint = encoded.fingerprint()
+    key = cache_key(fingerprint, config.quantize, compute_dtype(device), device, data_fingerprint)
     ref_started = time.monotonic()
     reference, cached = reference_logps(
         scorer, encoded, key=key, cache_dir=snapshot / "refcache" if config.cache_reference else None,
@@ -209,7 +210,7 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, plan.total_steps, config.warmup_ratio, config.schedule))
     identity = {"snapshot_id": stats.get("snapshot_id"), "base_model_sha256": fingerprint,
-                "data_sha256": encoded.fingerprint(), "world": processes.world,
+                "data_sha256": data_fingerprint, "world": processes.world,
                 "config": config.to_dict()}
     meta = {"base_model": base_model, "base_model_path": str(model_dir), "base_model_sha256": fingerprint,
             "snapshot_id": stats.get("snapshot_id"), "snapshot": str(snapshot),
