@@ -6,12 +6,13 @@ means the folder is complete.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
+
+from ingest.lake import write_json_atomic
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 META = "thumbs_meta.json"
@@ -45,9 +46,7 @@ def write_adapter(out: Path, model, tokenizer) -> None:
 
 
 def write_meta(out: Path, meta: dict) -> None:
-    tmp = Path(out) / f".{META}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, Path(out) / META)
+    write_json_atomic(Path(out) / META, meta)
 
 
 def clear_partial(out: Path) -> None:
