@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import typer
 
+from deploy.cli import export_command, promote_command, registry_app, rollback_command
+from evaluation.cli import evaluate_command
 from ingest.cli import curate_command, ingest_command
 from training.cli import train_command
 
@@ -17,6 +19,11 @@ app.command("ingest")(ingest_command)
 app.command("curate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
     curate_command)
 app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+app.command("promote")(promote_command)
+app.command("rollback")(rollback_command)
+app.add_typer(registry_app, name="registry")
+app.command("export")(export_command)
 
 
 @app.callback()

@@ -64,3 +64,34 @@ def hh_snapshot(tmp_path_factory) -> Path:
     source.write_text("".join(lines))
     ingest([source], root / "lake", IngestConfig(format="hh", insecure_dev_key=True), progress=False)
     return Path(curate(root / "lake", root / "snapshots")["path"])
+
+
+STYLE_UP = "Sure, happy to help! Here is what I would do."
+STYLE_DOWN = "No. Figure it out yourself."
+
+
+@pytest.fixture(scope="session")
+def style_snapshot(tmp_path_factory) -> Path:
+    """Feedback with a learnable taste: real HH-RLHF user questions, each answered twice, the polite answer
+    thumbed up and the curt one thumbed down; 20% of prompts held out. Ingested and curated for real."""
+    import gzip
+    import json
+
+    from ingest.curate import curate
+    from ingest.curation import CurateConfig
+    from ingest.job import IngestConfig, ingest
+
+    root = tmp_path_factory.mktemp("style")
+    events = []
+    with gzip.open(HH_PATH, "rt") as f:
+        for i, line in enumerate(f):
+            if i == 150:
+                break
+            question = json.loads(line)["chosen"].split("\n\nHuman: ")[1].split("\n\nAssistant:")[0].strip()
+            for label, answer in (("up", STYLE_UP), ("down", STYLE_DOWN)):
+                events.append({"event_id": f"e{i}-{label}", "timestamp": "2026-11-20T03:00:00Z", "user_id": f"u{i}",
+                               "prompt": question, "completion": answer, "label": label})
+    source = root / "feedback.jsonl"
+    source.write_text("".join(json.dumps(e) + "\n" for e in events))
+    ingest([source], root / "lake", IngestConfig(format="events", insecure_dev_key=True), progress=False)
+    return Path(curate(root / "lake", root / "snapshots", config=CurateConfig(eval_fraction=0.2))["path"])

@@ -75,7 +75,7 @@ class Encoded:
         return h.hexdigest()
 
 
-def encode(rows: list, tokenizer, max_length: int, max_prompt_length: int) -> Encoded:
+def encode(rows: list, tokenizer, max_length: int, max_prompt_length: int, split: str = "train") -> Encoded:
     """Tokenize and truncate; raise DataError when the rows cannot train KTO at all."""
     rendered = [render(r["prompt"], r["completion"], tokenizer) for r in rows]
     templated = bool(rendered) and rendered[0][2]
@@ -103,16 +103,16 @@ def encode(rows: list, tokenizer, max_length: int, max_prompt_length: int) -> En
     counts.update(examples=len(encoded), desirable=int(encoded.desirable.sum()),
                   undesirable=int((~encoded.desirable).sum()), prompts=len(set(groups)))
     encoded.counts = counts
-    check_trainable(encoded)
+    check_trainable(encoded, split)
     return encoded
 
 
-def check_trainable(encoded: Encoded) -> None:
+def check_trainable(encoded: Encoded, split: str = "train") -> None:
     c = encoded.counts
     if c["desirable"] == 0 or c["undesirable"] == 0:
         missing = "desirable (thumbs-up)" if c["desirable"] == 0 else "undesirable (thumbs-down)"
         raise DataError(
-            f"the train split has {c['desirable']} desirable and {c['undesirable']} undesirable examples: "
+            f"the {split} split has {c['desirable']} desirable and {c['undesirable']} undesirable examples: "
             f"KTO needs both classes and there are no {missing} ones. Widen the curation window or collect "
             "more feedback of that kind.")
     if c["prompts"] < 2:

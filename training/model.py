@@ -50,8 +50,9 @@ def weights_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def pick_device(config: TrainConfig) -> torch.device:
-    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' takes the GPU when there is one; 'cuda' insists on it; 'cpu' never uses it."""
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' asked for but torch sees no CUDA GPU")
         return torch.device("cuda", torch.cuda.current_device())
@@ -72,26 +73,33 @@ def load_tokenizer(model_dir: Path):
     return tokenizer
 
 
-def load_model(model_dir: Path, config: TrainConfig, device: torch.device) -> nn.Module:
-    """The base (quantised as configured, dropout off, frozen) wrapped in trainable LoRA adapters."""
-    from peft import LoraConfig, get_peft_model
+def load_base(model_dir: Path, quantize: str, device: torch.device) -> nn.Module:
+    """The frozen base as training sees it: NF4 + double quantisation or unquantised, dropout off."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     dtype = compute_dtype(device)
     kwargs = {"dtype": dtype}
-    if config.quantize == "nf4":
+    if quantize == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    if config.quantize == "none":
+    if quantize == "none":
         model.to(device)
     # Dropout off in the base: the policy and the (cached) reference must see the same network.
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
     model.requires_grad_(False)
+    return model
+
+
+def load_model(model_dir: Path, config: TrainConfig, device: torch.device) -> nn.Module:
+    """The base (quantised as configured, dropout off, frozen) wrapped in trainable LoRA adapters."""
+    from peft import LoraConfig, get_peft_model
+
+    model = load_base(model_dir, config.quantize, device)
     # Train mode for good (dropout is off anyway): in eval mode bitsandbytes repacks 4-bit CPU weights for
     # bf16 inference on the first no-grad call, which rounds differently and breaks the next backward.
     model.train()

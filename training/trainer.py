@@ -161,7 +161,7 @@ class Run:
 def train(snapshot: Path, base_model: str, out: Path, config: TrainConfig, *, resume: bool = False,
           log: Optional[Callable[[str], None]] = None) -> dict:
     """Train a KTO LoRA adapter on `snapshot`'s train split; write it to `out`; return the run's summary."""
-    processes = distributed.start(want_cuda=pick_device(config).type == "cuda")
+    processes = distributed.start(want_cuda=pick_device(config.device).type == "cuda")
     say = (log or (lambda line: print(line, file=sys.stderr, flush=True))) if processes.main else (lambda line: None)
     try:
         run = setup(Path(snapshot), base_model, Path(out), config, processes, resume, say)
@@ -180,7 +180,7 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     if checkpoint.latest(out) is not None and not resume:
         raise TrainingError(f"{out} holds checkpoints of an unfinished run: pass --resume to continue it, "
                             "or choose another --out")
-    device = pick_device(config)
+    device = pick_device(config.device)
     model_dir = resolve_model_path(base_model)
     tokenizer = load_tokenizer(model_dir)
     encoded = encode(read_split(snapshot), tokenizer, config.max_length, config.max_prompt_length)

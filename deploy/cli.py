@@ -1,0 +1,112 @@
+"""The registry and export commands: `thumbs promote`, `thumbs rollback`, `thumbs registry list`, `thumbs export`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+REGISTRY_HELP = "Registry folder or fsspec URL (s3://bucket/registry, memory://...)."
+
+registry_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect the adapter registry.")
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(2)
+
+
+def _errors() -> tuple:
+    from deploy.registry import RegistryError
+    from evaluation.evaluate import EvaluationError
+
+    return RegistryError, EvaluationError, ValueError, FileNotFoundError
+
+
+def promote_command(
+    adapter: Path = typer.Option(..., "--adapter", help="Evaluated adapter folder (`thumbs evaluate --registry`)."),
+    registry: str = typer.Option(..., "--registry", help=REGISTRY_HELP),
+    name: str = typer.Option("default", "--name", help="Model name inside the registry."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Promotion policy YAML (evaluation/promotion.yaml)."),
+    force: bool = typer.Option(False, "--force", help="Make it production even if checks fail (recorded as forced)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the decision record as JSON on stdout."),
+) -> None:
+    """Decide on a candidate, register it (promoted or rejected) and, if it passed, make it production."""
+    from deploy.promote import promote
+    from deploy.registry import Registry
+    from evaluation.promotion import PromotionPolicy
+
+    try:
+        record = promote(adapter, Registry(registry, name), PromotionPolicy.load(policy), force=force, log=_say)
+    except _errors() as err:
+        _fail(err)
+    if json_out:
+        typer.echo(json.dumps(record, indent=2))
+
+
+def rollback_command(
+    registry: str = typer.Option(..., "--registry", help=REGISTRY_HELP),
+    name: str = typer.Option("default", "--name", help="Model name inside the registry."),
+) -> None:
+    """Production <- previous production."""
+    from deploy.promote import rollback
+    from deploy.registry import Registry
+
+    try:
+        rollback(Registry(registry, name), log=_say)
+    except _errors() as err:
+        _fail(err)
+
+
+@registry_app.command("list")
+def list_command(
+    registry: str = typer.Option(..., "--registry", help=REGISTRY_HELP),
+    name: str = typer.Option("default", "--name", help="Model name inside the registry."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+) -> None:
+    """Versions, dates, snapshot ids, key metrics, and which one is production."""
+    from deploy.registry import Registry
+
+    try:
+        rows = Registry(registry, name).listing()
+    except _errors() as err:
+        _fail(err)
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"registry {registry} ({name}): no versions yet")
+        return
+    typer.echo(f"{'version':<8} {'registered':<26} {'snapshot':<17} {'AUC':>6} {'KL/token':>9}  status")
+    for r in rows:
+        auc = f"{r['auc']:.3f}" if r["auc"] is not None else "—"
+        kl = f"{r['kl_per_token']:.4f}" if r["kl_per_token"] is not None else "—"
+        mark = "*" if r["status"] == "production" else " "
+        typer.echo(f"{r['version']:<8} {r['registered_at'] or '':<26} {r['snapshot_id'] or '':<17} {auc:>6} {kl:>9} "
+                   f"{mark}{r['status']}")
+
+
+def export_command(
+    version: str = typer.Argument(..., help="'production', 'previous' or a version id (v0003)."),
+    registry: str = typer.Option(..., "--registry", help=REGISTRY_HELP),
+    name: str = typer.Option("default", "--name", help="Model name inside the registry."),
+    fmt: str = typer.Option("peft", "--format", help="peft (adapter + serving.json) | merged (full weights)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write (replaced whole if it exists)."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="merged only: bfloat16 | float16 | float32."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="merged only: base folder or cached id "
+                                             "(default: the one the adapter was trained on)."),
+) -> None:
+    """Write a registered adapter for serving (vLLM, transformers)."""
+    from deploy.export import export
+    from deploy.registry import Registry
+
+    try:
+        export(Registry(registry, name), version, fmt, out, dtype=dtype, base_model=base_model, log=_say)
+    except _errors() as err:
+        _fail(err)
+
+
+def _say(line: str) -> None:
+    typer.echo(line, err=True)

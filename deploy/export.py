@@ -1,0 +1,163 @@
+"""`thumbs export`: a registered adapter in the form a serving stack loads without asking.
+
+    thumbs export production --registry REGISTRY --format peft   --out serve/thumbs-lora
+    thumbs export v0007      --registry REGISTRY --format merged --out serve/thumbs-merged [--dtype bfloat16]
+
+peft:   adapter_config.json, adapter_model.safetensors, serving.json. Loadable by
+        `PeftModel.from_pretrained` and by vLLM (`--enable-lora --lora-modules NAME=DIR` or `LoRARequest`).
+merged: the adapter merged into a bf16/fp16 copy of the base loaded from its original weights (never
+        into 4-bit weights, which would round the update away): config.json, generation_config.json,
+        model.safetensors (sharded when large), the tokenizer files, serving.json.
+
+serving.json records the base model and its weight hash, the rank, the chat template training used
+(a Jinja equivalent of the plain HH template when the tokenizer has none) and ready-to-paste vLLM and
+transformers snippets. The folder is written under a temp name and swapped in, so a re-run replaces it whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from deploy.registry import Registry, RegistryError
+from training.model import resolve_model_path, weights_fingerprint
+
+FORMATS = ("peft", "merged")
+DTYPES = ("bfloat16", "float16", "float32")
+VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted --max-lora-rank values
+# The plain template of training/data.py, as a chat template serving engines can apply.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '\\n\\n' }}"
+    "{% if message['role'] == 'user' %}Human{% elif message['role'] == 'assistant' %}Assistant"
+    "{% else %}{{ message['role'] | capitalize }}{% endif %}: {{ message['content'] }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '\\n\\nAssistant:' }}{% endif %}")
+# peft keys that only mean something on a quantised base (LoftQ init, QA-LoRA): dropped when unused, so a
+# serving engine never wonders whether the adapter needs a 4-bit base.
+QUANTIZED_ONLY = ("loftq_config", "use_qalora", "qalora_group_size")
+# peft keys vLLM rejects when set (PEFTHelper.validate_legal), with what they must be.
+VLLM_REQUIRED = {"use_dora": False, "bias": "none", "modules_to_save": None}
+
+
+def export(registry: Registry, ref: str, fmt: str, out: Path, *, dtype: str = "bfloat16",
+           base_model: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """Write `ref` ('production', 'previous' or a version) of `registry` to `out` as `fmt`; return serving.json."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+    version = registry.resolve(ref)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".thumbs-export-") as scratch, \
+            registry.checkout(version, Path(scratch)) as source:
+        meta = json.loads((source / "thumbs_meta.json").read_text())
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            config = _vllm_config(json.loads((source / "adapter_config.json").read_text()), meta)
+            if fmt == "peft":
+                (staging / "adapter_config.json").write_text(json.dumps(config, indent=2))
+                shutil.copyfile(source / "adapter_model.safetensors", staging / "adapter_model.safetensors")
+            else:
+                _merge(source, meta, staging, dtype, base_model, log)
+            serving = _serving(registry, version, fmt, dtype, config, meta, source, out)
+            (staging / "serving.json").write_text(json.dumps(serving, indent=2))
+            _swap_in(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    log(f"export: {registry.name} {version} ({ref}) as {fmt} -> {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    return serving
+
+
+def _vllm_config(config: dict, meta: dict) -> dict:
+    """peft's adapter_config.json, checked against what vLLM refuses, pointing at the base by name."""
+    for key, required in VLLM_REQUIRED.items():
+        if config.get(key, required) not in (required, [], False):
+            raise RegistryError(f"adapter_config.json has {key}={config[key]!r}; vLLM serves only {key}={required!r}")
+    if config.get("r", 0) > VLLM_RANKS[-1]:
+        raise RegistryError(f"LoRA rank {config['r']} exceeds vLLM's largest max_lora_rank {VLLM_RANKS[-1]}")
+    if config.get("use_qalora"):
+        raise RegistryError("the adapter uses QA-LoRA, which only loads onto a quantised base")
+    if config.get("loftq_config"):
+        raise RegistryError("the adapter was initialised with LoftQ for a quantised base; export it merged instead")
+    # Training ran on a local path; serving knows the base by its id.
+    kept = {k: v for k, v in config.items() if k not in QUANTIZED_ONLY}
+    return dict(kept, base_model_name_or_path=meta["base_model"], inference_mode=True)
+
+
+def _merge(source: Path, meta: dict, staging: Path, dtype: str, base_model, log) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = resolve_model_path(base_model or meta.get("base_model_path") or meta["base_model"])
+    if weights_fingerprint(model_dir) != meta["base_model_sha256"]:
+        raise RegistryError(f"{model_dir} is not the base this adapter was trained on (weight hash differs); "
+                            "pass --base-model with the right one")
+    log(f"export: merging into a {dtype} copy of {model_dir}")
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    merged = PeftModel.from_pretrained(base, str(source)).merge_and_unload()
+    merged.save_pretrained(staging, safe_serialization=True)
+    AutoTokenizer.from_pretrained(source).save_pretrained(staging)
+
+
+def _serving(registry: Registry, version: str, fmt: str, dtype: str, config: dict, meta: dict, source: Path,
+             out: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    template = tokenizer.chat_template if getattr(tokenizer, "chat_template", None) else PLAIN_CHAT_TEMPLATE
+    rank = int(config["r"])
+    max_rank = next(r for r in VLLM_RANKS if r >= rank)
+    evaluation = (registry.read_json(version, "eval.json") or {}).get("candidate") or {}
+    base, path = meta["base_model"], str(out.resolve())
+    serving = {
+        "format": fmt, "registry": registry.url, "name": registry.name, "version": version,
+        "base_model": base, "base_model_sha256": meta["base_model_sha256"], "snapshot_id": meta.get("snapshot_id"),
+        "trained_on_quantization": meta["config"]["quantize"],
+        "lora_rank": rank, "lora_alpha": config.get("lora_alpha"), "max_lora_rank": max_rank,
+        "target_modules": config.get("target_modules"),
+        "chat_template_source": "tokenizer" if template is not PLAIN_CHAT_TEMPLATE else "thumbs plain HH template",
+        "chat_template": template,
+        "eval": {"auc": (evaluation.get("preference") or {}).get("auc"),
+                 "kl_per_token": (evaluation.get("drift") or {}).get("kl_per_token")},
+    }
+    if fmt == "peft":
+        serving["adapter_path"] = path
+        serving["vllm"] = {
+            "cli": f"vllm serve {base} --enable-lora --max-lora-rank {max_rank} --lora-modules thumbs={path}"
+                   + (" --chat-template <chat_template from serving.json>" if template is PLAIN_CHAT_TEMPLATE else ""),
+            "python": (f"from vllm import LLM\nfrom vllm.lora.request import LoRARequest\n"
+                       f"llm = LLM(model={base!r}, enable_lora=True, max_lora_rank={max_rank})\n"
+                       f"out = llm.chat(messages, lora_request=LoRARequest('thumbs', 1, {path!r}))")}
+        serving["transformers"] = (f"from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+                                   f"from peft import PeftModel\n"
+                                   f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), "
+                                   f"{path!r})\ntokenizer = AutoTokenizer.from_pretrained({base!r})")
+    else:
+        serving["model_path"] = path
+        serving["dtype"] = dtype
+        serving["vllm"] = {"cli": f"vllm serve {path} --dtype {dtype}",
+                           "python": f"from vllm import LLM\nllm = LLM(model={path!r}, dtype={dtype!r})"}
+        serving["transformers"] = (f"from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+                                   f"model = AutoModelForCausalLM.from_pretrained({path!r}, dtype={dtype!r})\n"
+                                   f"tokenizer = AutoTokenizer.from_pretrained({path!r})")
+    return serving
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace `out` with `staging`: the old folder (if any) is moved aside, then removed."""
+    if out.exists() and not out.is_dir():
+        raise RegistryError(f"--out {out} exists and is not a folder")
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+

@@ -1,0 +1,93 @@
+"""`thumbs promote` and `thumbs rollback`: apply the promotion decision to the registry, under its lock.
+
+    thumbs promote --adapter RUN --registry REGISTRY [--name NAME] [--policy promotion.yaml] [--force]
+    thumbs rollback --registry REGISTRY [--name NAME]
+
+`promote` needs the adapter's eval.json (`thumbs evaluate --registry REGISTRY`), so the candidate was
+measured against the production adapter that is live now; if production changed since, it refuses.
+Every candidate is registered, promoted or rejected, with its decision and reasons. Promoting the
+same adapter twice registers it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+from deploy.registry import DECISION, Registry, RegistryError, with_production, without_production
+from evaluation.evaluate import EVAL_FILE, read_adapter
+from evaluation.promotion import PromotionPolicy, decide_promotion
+
+
+def adapter_sha256(adapter: Path) -> str:
+    h = hashlib.sha256()
+    with (Path(adapter) / "adapter_model.safetensors").open("rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def promote(adapter: Path, registry: Registry, policy: PromotionPolicy, *, force: bool = False,
+            log: Callable[[str], None] = print) -> dict:
+    """Decide, register the candidate, and make it production if it passed (or `force`). Returns the record."""
+    adapter = Path(adapter)
+    read_adapter(adapter)
+    evaluation = _read_eval(adapter)
+    sha = adapter_sha256(adapter)
+    with registry.lock():
+        registry.clear_partial()
+        aliases = registry.aliases()  # a corrupt aliases.json stops everything here, before any write
+        existing = _registered(registry, sha)
+        if existing is not None:
+            log(f"promote: {adapter} is already registered as {existing}; nothing to do")
+            return dict(registry.read_json(existing, DECISION), already_registered=True)
+        evaluated_against = (evaluation.get("incumbent") or {}).get("version")
+        if evaluated_against != aliases["production"]:
+            raise RegistryError(
+                f"{adapter}/{EVAL_FILE} compares the candidate with production "
+                f"{evaluated_against or '(none)'}, but production is now {aliases['production'] or '(none)'}: "
+                f"re-run `thumbs evaluate --adapter {adapter} --snapshot ... --registry {registry.url}`")
+        decision = decide_promotion(evaluation["candidate"], evaluation.get("incumbent"), policy)
+        record = dict(decision.to_dict(), adapter_sha256=sha, source=str(adapter), forced=force and not decision.promote)
+        version = registry.add_version(adapter, record)
+        live = decision.promote or force
+        if live:
+            registry.write_aliases(with_production(aliases, version, "force" if record["forced"] else "promote",
+                                                   replaced=aliases["production"]))
+    record["version"] = version
+    verdict = ("promoted to production" if decision.promote else
+               "FORCED to production despite failing checks" if live else "rejected (registered, not live)")
+    log(f"promote: {version} {verdict}")
+    for reason in decision.reasons:
+        log(f"  - {reason}")
+    return record
+
+
+def rollback(registry: Registry, log: Callable[[str], None] = print) -> dict:
+    """Production ← previous; the version it replaces stays registered, marked rolled back."""
+    with registry.lock():
+        aliases = registry.aliases()
+        if aliases["previous"] is None:
+            raise RegistryError(f"registry {registry.url} ({registry.name}) has no previous production version "
+                                f"to roll back to (production: {aliases['production'] or 'none'})")
+        new = without_production(aliases)
+        registry.write_aliases(new)
+    log(f"rollback: production {aliases['production']} -> {new['production']}")
+    return new
+
+
+def _read_eval(adapter: Path) -> dict:
+    path = adapter / EVAL_FILE
+    if not path.is_file():
+        raise RegistryError(f"{path} not found: run `thumbs evaluate --adapter {adapter} --snapshot ... "
+                            "--registry ...` first")
+    return json.loads(path.read_text())
+
+
+def _registered(registry: Registry, sha: str) -> Optional[str]:
+    for version in registry.versions():
+        if (registry.read_json(version, DECISION) or {}).get("adapter_sha256") == sha:
+            return version
+    return None
