@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
 from deploy.registry import DECISION, Registry, RegistryError, with_production, without_production
-from evaluation.evaluate import EVAL_FILE, read_adapter
+from evaluation.evaluate import EVAL_FILE, EvalConfig, evaluate, read_adapter
 from evaluation.promotion import PromotionPolicy, decide_promotion
 
 
@@ -27,6 +28,19 @@ def adapter_sha256(adapter: Path) -> str:
         for block in iter(lambda: f.read(1 << 24), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def evaluate_candidate(adapter: Path, snapshot: Path, registry: Optional[Registry], *, base_model: Optional[str] = None,
+                       config: EvalConfig = EvalConfig(), out: Optional[Path] = None,
+                       log: Callable[[str], None] = print) -> dict:
+    """`evaluate` the candidate together with the registry's production adapter, when there is one."""
+    version = registry.aliases()["production"] if registry is not None else None
+    if version is None:
+        return evaluate(adapter, snapshot, base_model=base_model, config=config, out=out, log=log)
+    with tempfile.TemporaryDirectory(prefix="thumbs-eval-") as scratch, \
+            registry.checkout(version, Path(scratch)) as incumbent:
+        return evaluate(adapter, snapshot, incumbent=incumbent, incumbent_version=version, base_model=base_model,
+                        config=config, out=out, log=log)
 
 
 def promote(adapter: Path, registry: Registry, policy: PromotionPolicy, *, force: bool = False,

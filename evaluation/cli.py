@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -29,24 +28,16 @@ def evaluate_command(
     json_out: bool = typer.Option(False, "--json", help="Print eval.json on stdout."),
 ) -> None:
     """Score an adapter (and production's) on held-out feedback: preference AUC, drift, task suites."""
+    from deploy.promote import evaluate_candidate
     from deploy.registry import Registry, RegistryError
-    from evaluation.evaluate import EvalConfig, EvaluationError, evaluate
+    from evaluation.evaluate import EvalConfig, EvaluationError
     from evaluation.suites import SuiteError
 
     try:
         config = EvalConfig(batch_size=batch_size, seed=seed, generation_prompts=generation_prompts,
                             max_new_tokens=max_new_tokens, suites=[str(s) for s in suite], device=device)
-        with tempfile.TemporaryDirectory(prefix="thumbs-eval-") as scratch:
-            incumbent, version = None, None
-            if registry is not None:
-                reg = Registry(registry, name)
-                version = reg.aliases()["production"]
-            if version is not None:
-                with reg.checkout(version, Path(scratch)) as incumbent:
-                    result = evaluate(adapter, snapshot, incumbent=incumbent, incumbent_version=version,
-                                      base_model=base_model, config=config, out=out, log=_say)
-            else:
-                result = evaluate(adapter, snapshot, base_model=base_model, config=config, out=out, log=_say)
+        result = evaluate_candidate(adapter, snapshot, Registry(registry, name) if registry else None,
+                                    base_model=base_model, config=config, out=out, log=_say)
     except (EvaluationError, RegistryError, SuiteError, ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)

@@ -10,6 +10,7 @@ import typer
 
 from deploy.cli import export_command, promote_command, registry_app, rollback_command
 from evaluation.cli import evaluate_command
+from flows.run import run_command
 from ingest.cli import curate_command, ingest_command
 from training.cli import train_command
 
@@ -24,6 +25,7 @@ app.command("promote")(promote_command)
 app.command("rollback")(rollback_command)
 app.add_typer(registry_app, name="registry")
 app.command("export")(export_command)
+app.command("run")(run_command)
 
 
 @app.callback()

@@ -1,0 +1,255 @@
+"""The nightly retrain as a Prefect flow: ingest → curate → train → evaluate → promote → export.
+
+    thumbs run --params params.yaml          # once, in-process, on Prefect's embedded server
+    thumbs deploy / make ui                  # the nightly (cron) and ad hoc deployments, see flows/deploy.py
+
+Business logic lives in the stage packages (ingest/, training/, evaluation/, deploy/), which never
+import Prefect; each task here is a thin call into one of them, with the retries, caching and
+visibility Prefect adds. A failing stage fails the flow run with a `StageFailed` naming the stage;
+production can only change inside `promote`, whose registry write is atomic.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.concurrency.sync import concurrency
+from prefect.tasks import exponential_backoff
+
+from flows.params import RetrainParams
+
+
+class StageFailed(RuntimeError):
+    """The named stage of the retrain failed; production is untouched unless the stage was `export`."""
+
+    def __init__(self, stage: str, error: BaseException):
+        super().__init__(f"stage '{stage}' failed: {type(error).__name__}: {error}")
+        self.stage = stage
+
+
+def stage(name: str, step: Callable, *args: Any) -> Any:
+    try:
+        return step(*args)
+    except Exception as err:  # re-raised with the stage's name: the flow run's message says where it broke
+        raise StageFailed(name, err) from err
+
+
+def ensure_concurrency_limit(name: str, limit: int = 1) -> None:
+    """Create the global concurrency limit if missing: Prefect skips (with a warning) limits that do not exist."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+            except ObjectAlreadyExists:  # another run created it first
+                pass
+
+
+def _log() -> Callable[[str], None]:
+    logger = get_run_logger()
+    return lambda line: logger.info(line.strip())
+
+
+# --- tasks: one per stage --------------------------------------------------------------------------------
+
+@task(name="ingest", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10))
+def ingest_feedback(params: RetrainParams) -> dict:
+    from ingest.job import IngestConfig, ingest
+
+    sources = _expand(params.sources)
+    summary = ingest(sources, params.path("lake"), IngestConfig(format=params.source_format,
+                                                                insecure_dev_key=params.insecure_dev_key),
+                     progress=False)
+    _log()(summary.render())
+    if summary.failed:
+        raise RuntimeError(f"{len(summary.failed)} source(s) could not be read: "
+                           + "; ".join(f"{s.source}: {s.error}" for s in summary.failed))
+    return summary.to_dict()
+
+
+def _window(params: RetrainParams, today: Optional[date] = None) -> tuple:
+    if params.window_days is None:
+        return None, None
+    today = today or datetime.now(timezone.utc).date()
+    return today - timedelta(days=params.window_days - 1), today
+
+
+def _snapshot_key(context, arguments: dict) -> Optional[str]:
+    """The snapshot's content id (lake files in the window + curation config): same data, same key, task skipped."""
+    from ingest.curate import partition_files, snapshot_id
+    from ingest.curation import CurateConfig
+
+    params: RetrainParams = arguments["params"]
+    lake = Path(params.path("lake"))
+    since, until = _window(params)
+    try:
+        sid = snapshot_id(partition_files(lake, since, until), lake, CurateConfig(eval_fraction=params.eval_fraction),
+                          since, until)
+    except Exception:  # noqa: BLE001  (no lake yet: no cache; the task itself reports the problem)
+        return None
+    snapshots = Path(params.path("snapshots"))
+    return f"thumbs-curate-{snapshots.resolve()}-{sid}" if (snapshots / sid / "stats.json").exists() else None
+
+
+@task(name="curate", cache_key_fn=_snapshot_key, persist_result=True, retries=1,
+      retry_delay_seconds=exponential_backoff(backoff_factor=10))
+def curate_window(params: RetrainParams) -> dict:
+    from ingest.curate import curate
+    from ingest.curation import CurateConfig
+
+    since, until = _window(params)
+    stats = curate(params.path("lake"), params.path("snapshots"), since, until,
+                   CurateConfig(eval_fraction=params.eval_fraction))
+    _log()(f"snapshot {stats['snapshot_id']} ({'reused' if stats['reused'] else 'new'}): {stats['n_desirable']:,} up / "
+           f"{stats['n_undesirable']:,} down in train; λD={stats['desirable_weight']:.4f} λU={stats['undesirable_weight']:.4f}")
+    return stats
+
+
+@task(name="train")
+def train_adapter(params: RetrainParams, snapshot: dict, out: str) -> dict:
+    if params.train_deployment:
+        return _train_remotely(params, snapshot, out)
+    from training.config import TrainConfig
+    from training.trainer import train
+
+    config = TrainConfig.load(params.train_config, **params.train_overrides())
+    return train(Path(snapshot["path"]), params.base_model, Path(out), config, resume=_unfinished(out), log=_log())
+
+
+def _unfinished(out: str) -> bool:
+    from training import checkpoint
+
+    return checkpoint.latest(Path(out)) is not None  # a retried train task continues from its checkpoint
+
+
+def _train_remotely(params: RetrainParams, snapshot: dict, out: str) -> dict:
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(name=params.train_deployment, timeout=None, as_subflow=True, parameters={
+        "snapshot": snapshot["path"], "base_model": params.base_model, "out": out,
+        "train_config": params.train_config, "overrides": params.train_overrides()})
+    if not run.state or not run.state.is_completed():
+        raise RuntimeError(f"training deployment {params.train_deployment} ended {run.state.name if run.state else '?'}: "
+                           f"{run.state.message if run.state else ''}")
+    meta = json.loads((Path(out) / "thumbs_meta.json").read_text())
+    return meta["summary"]
+
+
+@task(name="evaluate", retries=1)
+def evaluate_adapter(params: RetrainParams, adapter: str, snapshot: dict) -> dict:
+    from deploy.promote import evaluate_candidate
+    from deploy.registry import Registry
+    from evaluation.evaluate import EvalConfig
+
+    config = EvalConfig(suites=params.suites, generation_prompts=params.generation_prompts,
+                        max_new_tokens=params.max_new_tokens, device=params.device)
+    return evaluate_candidate(Path(adapter), Path(snapshot["path"]), Registry(params.path("registry"), params.model_name),
+                              config=config, log=_log())
+
+
+@task(name="promote", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5))
+def promote_adapter(params: RetrainParams, adapter: str) -> dict:
+    from deploy.promote import promote
+    from deploy.registry import Registry
+    from evaluation.promotion import PromotionPolicy
+
+    return promote(Path(adapter), Registry(params.path("registry"), params.model_name),
+                   PromotionPolicy.load(params.promotion_policy), log=_log())
+
+
+@task(name="export", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5))
+def export_production(params: RetrainParams, record: dict) -> Optional[dict]:
+    from deploy.export import export
+    from deploy.registry import Registry
+
+    if params.export_format == "none" or not record.get("promote"):
+        return None  # production did not change: what is exported already is current
+    return export(Registry(params.path("registry"), params.model_name), "production", params.export_format,
+                  Path(params.path("export_dir")), log=_log())
+
+
+@task(name="publish")
+def publish(adapter: str, evaluation: dict, record: dict) -> None:
+    """The eval table, the decision and the report (plots inlined) as artifacts on the flow run."""
+    from flows.artifacts import decision_markdown, eval_table, report_markdown
+
+    create_table_artifact(eval_table(evaluation), key="thumbs-eval", description="Candidate vs production, held-out")
+    create_markdown_artifact(decision_markdown(record), key="thumbs-decision", description="Promotion decision")
+    create_markdown_artifact(report_markdown(Path(adapter)), key="thumbs-report", description="Evaluation report")
+
+
+# --- the flow --------------------------------------------------------------------------------------------
+
+@flow(name="thumbs-nightly-retrain", log_prints=True)
+def nightly_retrain(params: RetrainParams) -> dict:
+    """Retrain the LoRA adapter from the feedback logs with KTO; promote it if it beats production."""
+    out = run_folder(params)
+    lock = f"thumbs-retrain-{params.model_name}"
+    ensure_concurrency_limit(lock)
+    with concurrency(lock, occupy=1, strict=True, timeout_seconds=params.lock_timeout_s):  # one retrain per model
+        ingested = stage("ingest", ingest_feedback, params)
+        snapshot = stage("curate", curate_window, params)
+        trained = stage("train", train_adapter, params, snapshot, out)
+        evaluation = stage("evaluate", evaluate_adapter, params, out, snapshot)
+        record = stage("promote", promote_adapter, params, out)
+        exported = stage("export", export_production, params, record)
+        stage("publish", publish, out, evaluation, record)
+    return summarize(ingested, snapshot, trained, evaluation, record, exported, out)
+
+
+@flow(name="thumbs-train")
+def train_flow(snapshot: str, base_model: str, out: str, train_config: Optional[str] = None,
+               overrides: Optional[dict] = None) -> dict:
+    """Training alone, for a deployment on its own (GPU) work pool; `train_deployment` points the nightly flow here."""
+    from training.config import TrainConfig
+    from training.trainer import train
+
+    config = TrainConfig.load(train_config, **(overrides or {}))
+    return train(Path(snapshot), base_model, Path(out), config, resume=_unfinished(out), log=_log())
+
+
+def run_folder(params: RetrainParams) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return str(Path(params.workdir) / "runs" / params.model_name / stamp)
+
+
+def summarize(ingested, snapshot, trained, evaluation, record, exported, out) -> dict:
+    candidate, incumbent = evaluation["candidate"], evaluation.get("incumbent")
+    return {
+        "run": out, "events": ingested["accepted"], "quarantined": ingested["quarantined_total"],
+        "snapshot_id": snapshot["snapshot_id"], "n_desirable": snapshot["n_desirable"],
+        "n_undesirable": snapshot["n_undesirable"], "desirable_weight": snapshot["desirable_weight"],
+        "undesirable_weight": snapshot["undesirable_weight"], "train_loss": (trained.get("final") or {}).get("loss"),
+        "auc": candidate["preference"]["auc"], "incumbent_auc": incumbent["preference"]["auc"] if incumbent else None,
+        "version": record["version"], "promoted": bool(record.get("promote")), "reasons": record.get("reasons", []),
+        "exported": exported["adapter_path" if "adapter_path" in (exported or {}) else "model_path"] if exported else None,
+    }
+
+
+def _expand(sources: list) -> list:
+    """Files, folders (their *.jsonl / *.jsonl.gz) and glob patterns, sorted; a pattern matching nothing is an error."""
+    import glob
+
+    files = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz", ".json")))
+        elif path.exists():
+            files.append(path)
+        else:
+            matched = sorted(Path(p) for p in glob.glob(source))
+            if not matched:
+                raise FileNotFoundError(f"feedback source {source} matches no file")
+            files += matched
+    return files

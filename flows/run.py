@@ -1,0 +1,60 @@
+"""`thumbs run`: the nightly retrain once, in this process, on Prefect's embedded server (no setup needed).
+
+    thumbs run --params params.yaml        # YAML or JSON holding RetrainParams fields (flows/params.py)
+
+With `PREFECT_API_URL` set, the run is recorded on that server instead and shows in its UI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def load_params(path: Optional[Path], **overrides):
+    """RetrainParams from a YAML/JSON file, then overrides; a bad field names itself."""
+    from pydantic import ValidationError
+
+    from flows.params import RetrainParams
+
+    data = {}
+    if path is not None:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}  # JSON is YAML
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a mapping of RetrainParams fields")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return RetrainParams(**data)
+    except ValidationError as err:
+        raise ValueError(f"invalid parameters: {err}") from err
+
+
+def run_command(
+    params_file: Optional[Path] = typer.Option(None, "--params", help="YAML/JSON of RetrainParams (flows/params.py)."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Overrides the file's base_model."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run's summary as JSON on stdout."),
+) -> None:
+    """Run the nightly retrain once, in-process: ingest, curate, train, evaluate, promote, export."""
+    from flows.nightly import nightly_retrain
+
+    try:
+        params = load_params(params_file, base_model=base_model)
+    except (ValueError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    state = nightly_retrain(params, return_state=True)
+    if not state.is_completed():
+        typer.echo(f"error: the retrain failed: {state.message}", err=True)
+        raise typer.Exit(1)
+    summary = state.result()
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        verdict = "promoted" if summary["promoted"] else "rejected"
+        typer.echo(f"run {summary['run']}: {summary['events']:,} new events, snapshot {summary['snapshot_id']}, "
+                   f"AUC {summary['auc']:.3f}, {summary['version']} {verdict}")

@@ -1,0 +1,80 @@
+"""The nightly retrain flow under Prefect's test harness: a full run promotes; a failed stage changes nothing.
+
+Real stages end to end (ingest → Beam curate → QLoRA KTO → evaluate → promote → export) on the tiny
+GPT-2 and polite-up / curt-down feedback over real HH-RLHF questions (conftest `style_snapshot`'s data).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deploy.registry import Registry
+from flows.params import RetrainParams
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def feedback(style_snapshot) -> Path:
+    return style_snapshot.parents[1] / "feedback.jsonl"  # the events file the snapshot was ingested from
+
+
+def params(workdir: Path, feedback: Path, base_model: Path, **fields) -> RetrainParams:
+    base = dict(sources=[str(feedback)], workdir=str(workdir), base_model=str(base_model), insecure_dev_key=True,
+                eval_fraction=0.2, max_steps=12, learning_rate=5e-3, micro_batch_size=8, generation_prompts=2,
+                max_new_tokens=8)
+    return RetrainParams(**{**base, **fields})
+
+
+def test_a_full_run_promotes_and_exports_then_a_failed_training_changes_nothing(harness, feedback, tiny_model, tmp_path):
+    from prefect.artifacts import Artifact
+
+    from flows.nightly import nightly_retrain
+
+    workdir = tmp_path / "work"
+    state = nightly_retrain(params(workdir, feedback, tiny_model), return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["promoted"] and summary["version"] == "v0001" and summary["events"] == 300
+    assert summary["auc"] > 0.9 and summary["n_desirable"] == summary["n_undesirable"]
+    registry = Registry(workdir / "registry")
+    assert registry.aliases()["production"] == "v0001"
+    serving = json.loads((workdir / "serving" / "serving.json").read_text())
+    assert serving["version"] == "v0001" and serving["format"] == "peft"
+    table = Artifact.get("thumbs-eval")
+    assert table is not None and "preference AUC" in json.dumps(table.data)
+    report = Artifact.get("thumbs-report")
+    assert "data:image/png;base64," in report.data
+
+    aliases_before = (workdir / "registry" / "default" / "aliases.json").read_bytes()
+    failing = params(workdir, feedback, tiny_model, max_steps=12, micro_batch_size=8, train_config=str(tmp_path / "x.yaml"))
+    (tmp_path / "x.yaml").write_text("max_length: 64\nmax_prompt_length: 128\n")  # contradictory: training refuses
+    state = nightly_retrain(failing, return_state=True)
+    assert state.is_failed()
+    assert "stage 'train' failed" in state.message and "max_prompt_length" in state.message
+    assert (workdir / "registry" / "default" / "aliases.json").read_bytes() == aliases_before
+    assert Registry(workdir / "registry").versions() == ["v0001"]
+
+
+def test_parameters_render_as_a_form_with_defaults_and_descriptions():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.nightly import nightly_retrain
+
+    schema = parameter_schema(nightly_retrain).model_dump()
+    fields = schema["definitions"]["RetrainParams"]["properties"]
+    assert fields["beta"]["description"].startswith("β") and fields["export_format"]["default"] == "peft"
+    assert set(fields["export_format"]["enum"]) == {"peft", "merged", "none"}
+    assert schema["definitions"]["LoraSettings"]["properties"]["r"]["default"] == 16
+    assert "base_model" in schema["definitions"]["RetrainParams"]["required"]
