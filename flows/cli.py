@@ -10,6 +10,7 @@ import typer
 
 from deploy.cli import export_command, promote_command, registry_app, rollback_command
 from evaluation.cli import evaluate_command
+from flows.deployments import deploy_command, ui_command
 from flows.run import run_command
 from ingest.cli import curate_command, ingest_command
 from training.cli import train_command
@@ -26,6 +27,8 @@ app.command("rollback")(rollback_command)
 app.add_typer(registry_app, name="registry")
 app.command("export")(export_command)
 app.command("run")(run_command)
+app.command("deploy")(deploy_command)
+app.command("ui")(ui_command)
 
 
 @app.callback()

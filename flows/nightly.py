@@ -1,7 +1,7 @@
 """The nightly retrain as a Prefect flow: ingest → curate → train → evaluate → promote → export.
 
     thumbs run --params params.yaml          # once, in-process, on Prefect's embedded server
-    thumbs deploy / make ui                  # the nightly (cron) and ad hoc deployments, see flows/deploy.py
+    thumbs deploy / make ui                  # the nightly (cron) and ad hoc deployments, see flows/deployments.py
 
 Business logic lives in the stage packages (ingest/, training/, evaluation/, deploy/), which never
 import Prefect; each task here is a thin call into one of them, with the retries, caching and
