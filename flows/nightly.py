@@ -11,6 +11,7 @@ production can only change inside `promote`, whose registry write is atomic.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -53,6 +54,41 @@ def ensure_concurrency_limit(name: str, limit: int = 1) -> None:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
             except ObjectAlreadyExists:  # another run created it first
                 pass
+
+
+def lock_name(model_name: str) -> str:
+    return f"thumbs-retrain-{model_name}"
+
+
+@contextlib.contextmanager
+def retrain_lock(params: RetrainParams):
+    """One retrain at a time per model, across processes and machines (a Prefect global concurrency limit)."""
+    name = lock_name(params.model_name)
+    ensure_concurrency_limit(name)
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(concurrency(name, occupy=1, strict=True, timeout_seconds=params.lock_timeout_s))
+    except Exception as err:  # only the acquisition: errors of the stages below pass through untouched
+        raise StageFailed("lock", RuntimeError(
+            f"another retrain of {params.model_name!r} held the lock for over {params.lock_timeout_s:.0f}s. If none is "
+            f"running (a killed run can leave its slot taken), free it with `thumbs unlock {params.model_name}`")) from err
+    with held:
+        yield
+
+
+def release_lock(model_name: str) -> int:
+    """Free the slots of a retrain lock (left by a killed run); returns how many were taken."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            taken = client.read_global_concurrency_limit_by_name(lock_name(model_name)).active_slots
+        except ObjectNotFound:
+            return 0
+        client.update_global_concurrency_limit(lock_name(model_name), GlobalConcurrencyLimitUpdate(active_slots=0))
+    return taken
 
 
 def _log() -> Callable[[str], None]:
@@ -194,9 +230,7 @@ def publish(adapter: str, evaluation: dict, record: dict) -> None:
 def nightly_retrain(params: RetrainParams) -> dict:
     """Retrain the LoRA adapter from the feedback logs with KTO; promote it if it beats production."""
     out = run_folder(params)
-    lock = f"thumbs-retrain-{params.model_name}"
-    ensure_concurrency_limit(lock)
-    with concurrency(lock, occupy=1, strict=True, timeout_seconds=params.lock_timeout_s):  # one retrain per model
+    with retrain_lock(params):
         ingested = stage("ingest", ingest_feedback, params)
         snapshot = stage("curate", curate_window, params)
         trained = stage("train", train_adapter, params, snapshot, out)

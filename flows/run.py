@@ -8,6 +8,7 @@ With `PREFECT_API_URL` set, the run is recorded on that server instead and shows
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -42,6 +43,8 @@ def run_command(
     """Run the nightly retrain once, in-process: ingest, curate, train, evaluate, promote, export."""
     from flows.nightly import nightly_retrain
 
+    # SIGTERM ends the run like Ctrl-C: the flow is marked crashed, the lock released, the embedded server stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         params = load_params(params_file, base_model=base_model)
     except (ValueError, OSError) as err:
@@ -58,3 +61,14 @@ def run_command(
         verdict = "promoted" if summary["promoted"] else "rejected"
         typer.echo(f"run {summary['run']}: {summary['events']:,} new events, snapshot {summary['snapshot_id']}, "
                    f"AUC {summary['auc']:.3f}, {summary['version']} {verdict}")
+
+
+def unlock_command(model_name: str = typer.Argument("default", help="Model name whose retrain lock to free.")) -> None:
+    """Free a retrain lock left taken by a killed run (only when no retrain of that model is running)."""
+    from flows.nightly import lock_name, release_lock
+
+    typer.echo(f"{lock_name(model_name)}: freed {release_lock(model_name)} slot(s)")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -78,3 +78,31 @@ def test_parameters_render_as_a_form_with_defaults_and_descriptions():
     assert set(fields["export_format"]["enum"]) == {"peft", "merged", "none"}
     assert schema["definitions"]["LoraSettings"]["properties"]["r"]["default"] == 16
     assert "base_model" in schema["definitions"]["RetrainParams"]["required"]
+
+
+def test_a_taken_lock_fails_the_run_before_any_stage_and_unlock_frees_a_leaked_slot(harness, feedback, tiny_model,
+                                                                                    tmp_path):
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.concurrency.sync import concurrency
+
+    from flows.nightly import ensure_concurrency_limit, lock_name, nightly_retrain
+
+    workdir = tmp_path / "work"
+    name = lock_name("locked")
+    ensure_concurrency_limit(name)
+    with concurrency(name, occupy=1, strict=True):  # another retrain of the same model is running
+        state = nightly_retrain(params(workdir, feedback, tiny_model, model_name="locked", lock_timeout_s=2),
+                                return_state=True)
+    assert state.is_failed() and "stage 'lock' failed" in state.message and "thumbs unlock locked" in state.message
+    assert not (workdir / "lake").exists()  # nothing ran
+
+    with get_client(sync_client=True) as client:  # a run killed with SIGKILL leaves its slot taken
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=1))
+    from flows.cli import app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["unlock", "locked"])
+    assert result.exit_code == 0 and "freed 1 slot(s)" in result.output
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
