@@ -16,13 +16,18 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 export THUMBS_SHARED ?= $(abspath $(CURDIR)/../shared)
 
-.PHONY: demo test bench-ingest bench-curate bench-train clean
+.PHONY: demo test ui bench-ingest bench-curate bench-train clean
 
 demo: $(STAMP)
 	$(PY) -m flows.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The local Prefect server and UI with the nightly and ad hoc deployments, on the demo's parameters.
+ui: $(STAMP)
+	@test -f .demo/params.yaml || { echo "run 'make demo' first (it writes .demo/params.yaml), or: $(PY) -m flows.cli ui --params FILE"; exit 2; }
+	$(PY) -m flows.cli ui --params .demo/params.yaml
 
 bench-ingest: $(STAMP)
 	$(PY) benchmarks/ingest.py --record
