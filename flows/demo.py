@@ -52,8 +52,8 @@ def main() -> int:
     print("thumbs demo: building the tiny chat model (cached in .demo/base after the first run)")
     base = world.build_base(DEMO_DIR / "base")
     params = RetrainParams(sources=[str(DEMO_DIR / "logs")], workdir=str(DEMO_DIR), base_model=str(base),
-                           insecure_dev_key=True, eval_fraction=EVAL_FRACTION, train_config=str(write_train_yaml()), generation_prompts=16,
-                           max_new_tokens=32, promotion_policy=str(POLICY.resolve()),
+                           insecure_dev_key=True, eval_fraction=EVAL_FRACTION, train_config=str(write_train_yaml()),
+                           generation_prompts=16, max_new_tokens=32, promotion_policy=str(POLICY.resolve()),
                            lock_timeout_s=120, **TRAIN)
     (DEMO_DIR / "params.yaml").write_text(json.dumps(params.model_dump(mode="json"), indent=2))
     rows = []

@@ -1,6 +1,6 @@
 """`thumbs ui` for real: a local Prefect server on a free loopback port, the deployments served, an ad hoc
-run triggered through the API with custom parameters (what the UI's "Custom run" sends), then everything
-stopped by PID, with no process left behind.
+run triggered through the API with custom parameters (what the UI's "Custom run" sends), prefect.yaml
+deployed on the same server, then everything stopped by PID, with no process left behind.
 """
 
 from __future__ import annotations
@@ -82,8 +82,34 @@ def test_ui_serves_deployments_and_runs_an_ad_hoc_retrain_with_custom_parameters
         meta = json.loads((runs[0] / "thumbs_meta.json").read_text())
         assert meta["config"]["max_steps"] == 6 and meta["config"]["beta"] == 0.2
         assert (workdir / "registry" / "custom" / "aliases.json").exists()
+        check_prefect_yaml_deploys(api, env, tmp_path)
     finally:
         os.killpg(thumbs.pid, signal.SIGTERM)
         thumbs.wait(60)
     assert "Prefect UI: http://127.0.0.1:" in (tmp_path / "ui.log").read_text()
     wait_for(lambda: not processes_with_home(home), 30, "every started process to exit")
+
+
+def check_prefect_yaml_deploys(api: str, env: dict, tmp_path: Path) -> None:
+    """The team path: prefect.yaml registers the same deployments on process work pools, with env templating."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    root = Path(__file__).resolve().parents[1]
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        for pool in ("thumbs-cpu", "thumbs-gpu"):
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    deploy_env = {**env, "PREFECT_API_URL": api, "THUMBS_HOME": str(tmp_path / "home"),
+                  "THUMBS_BASE_MODEL": "/models/base", "THUMBS_SOURCES": "/logs/*.jsonl"}
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    done = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], cwd=root, env=deploy_env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        nightly = client.read_deployment_by_name("thumbs-nightly-retrain/nightly")
+        train = client.read_deployment_by_name("thumbs-train/train")
+    assert (nightly.work_pool_name, train.work_pool_name) == ("thumbs-cpu", "thumbs-gpu")
+    assert nightly.schedules[0].schedule.cron == "0 2 * * *" and nightly.global_concurrency_limit.limit == 1
+    assert nightly.parameters["params"] == {"sources": ["/logs/*.jsonl"], "base_model": "/models/base",
+                                            "workdir": f"{tmp_path / 'home'}/.thumbs"}
