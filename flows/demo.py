@@ -3,8 +3,9 @@
 A tiny chat model (built here, no hub; `flows/demo_world.py`) answers a day of user questions;
 simulated users with a hidden taste (polite and brief answers; 10% misclicks) rate the answers;
 each night the production flow `nightly_retrain` (the same code as a deployment runs) ingests the
-day's log, curates all feedback so far, trains a QLoRA KTO adapter, evaluates it against production,
-promotes or rejects it and exports production; the next day's answers come from that export.
+day's log, curates all feedback so far, trains a QLoRA KTO adapter (LoRA where 4-bit is unavailable),
+evaluates it against production, promotes or rejects it and exports production; the next day's
+answers come from that export.
 Ground truth is the hidden taste's verdict, without noise, on questions about tasks the stream never
 mentions. Everything lands in `.demo/` (THUMBS_DEMO_DIR); `.demo/params.yaml` is what `make ui` serves.
 """
@@ -41,6 +42,7 @@ POLICY = Path(__file__).with_name("demo_policy.yaml")
 def main() -> int:
     from flows.nightly import nightly_retrain, release_lock
     from flows.params import RetrainParams
+    from training.model import nf4_unavailable, pick_device
 
     started = time.monotonic()
     if not Path(world.WorldConfig().tokenizer).is_dir():
@@ -51,10 +53,15 @@ def main() -> int:
     release_lock("default")  # the demo owns its registry: a lock left by a killed demo run must not block this one
     print("thumbs demo: building the tiny chat model (cached in .demo/base after the first run)")
     base = world.build_base(DEMO_DIR / "base")
+    train = dict(TRAIN)
+    why = nf4_unavailable(pick_device("auto"))
+    if why:  # QLoRA where bitsandbytes runs, plain LoRA elsewhere: same loss, same flow
+        print(f"thumbs demo: 4-bit NF4 is not available here ({why}); training LoRA on the unquantised base")
+        train["quantize"] = "none"
     params = RetrainParams(sources=[str(DEMO_DIR / "logs")], workdir=str(DEMO_DIR), base_model=str(base),
                            insecure_dev_key=True, eval_fraction=EVAL_FRACTION, train_config=str(write_train_yaml()),
                            generation_prompts=16, max_new_tokens=32, promotion_policy=str(POLICY.resolve()),
-                           lock_timeout_s=120, **TRAIN)
+                           lock_timeout_s=120, **train)
     (DEMO_DIR / "params.yaml").write_text(json.dumps(params.model_dump(mode="json"), indent=2))
     rows = []
     for night in range(NIGHTS):

@@ -54,3 +54,16 @@ def test_a_days_events_ingest_without_quarantine_and_keep_the_clicks(tmp_path):
     assert stored == ups and table["model_version"].to_pylist() == ["v0007"] * len(events)
     assert not {e["user_id"] for e in events} & set(map(str, table["user_id"].to_pylist()))  # pseudonymised
     assert all(e["timestamp"].startswith("2026-11-23") for e in events)  # day 3 of the simulated deployment
+
+
+def test_four_bit_availability_is_probed_not_assumed(monkeypatch):
+    import sys
+
+    import torch
+
+    from training.model import nf4_unavailable
+
+    assert nf4_unavailable(torch.device("cpu")) is None  # bitsandbytes 0.50 runs NF4 on CPU
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as on a machine without it
+    monkeypatch.setitem(sys.modules, "bitsandbytes.functional", None)
+    assert "bitsandbytes" in nf4_unavailable(torch.device("cpu"))

@@ -73,6 +73,18 @@ def load_tokenizer(model_dir: Path):
     return tokenizer
 
 
+def nf4_unavailable(device: torch.device) -> str | None:
+    """Why 4-bit NF4 cannot run on `device` here (bitsandbytes missing or without a backend for it), or None."""
+    try:
+        import bitsandbytes.functional as bnbf
+
+        weights, state = bnbf.quantize_4bit(torch.ones(64, 64, device=device), quant_type="nf4")
+        bnbf.dequantize_4bit(weights, state)
+    except Exception as err:  # noqa: BLE001  (ImportError, or a bitsandbytes build without this device)
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 def load_base(model_dir: Path, quantize: str, device: torch.device) -> nn.Module:
     """The frozen base as training sees it: NF4 + double quantisation or unquantised, dropout off."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
