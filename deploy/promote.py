@@ -53,11 +53,20 @@ def promote(adapter: Path, registry: Registry, policy: PromotionPolicy, *, force
     with registry.lock():
         registry.clear_partial()
         aliases = registry.aliases()  # a corrupt aliases.json stops everything here, before any write
+        evaluated_against = (evaluation.get("incumbent") or {}).get("version")
         existing = _registered(registry, sha)
         if existing is not None:
-            log(f"promote: {adapter} is already registered as {existing}; nothing to do")
-            return dict(registry.read_json(existing, DECISION), already_registered=True)
-        evaluated_against = (evaluation.get("incumbent") or {}).get("version")
+            record = dict(registry.read_json(existing, DECISION), version=existing, already_registered=True)
+            ever_live = any(e.get("version") == existing for e in aliases["events"])
+            if (record["promote"] or record.get("forced")) and not ever_live \
+                    and aliases["production"] == evaluated_against:
+                # Registered, but the alias write never happened (a crash or I/O error in between): finish it.
+                action = "force" if record.get("forced") else "promote"
+                registry.write_aliases(with_production(aliases, existing, action, replaced=aliases["production"]))
+                log(f"promote: {existing} was registered but never made production; it is now")
+            else:
+                log(f"promote: {adapter} is already registered as {existing}; nothing to do")
+            return record
         if evaluated_against != aliases["production"]:
             raise RegistryError(
                 f"{adapter}/{EVAL_FILE} compares the candidate with production "

@@ -251,6 +251,28 @@ def test_two_writers_cannot_both_take_production_and_a_crash_leaves_it_alone(ada
     assert not registry.fs.exists(registry.path("versions", ".tmp-v0001-dead"))
 
 
+def test_a_promotion_cut_off_before_its_alias_write_is_finished_by_the_retry(adapters, style_snapshot, tmp_path,
+                                                                             monkeypatch):
+    adapter = fresh_copy(adapters["trained"], tmp_path)
+    evaluate(adapter, style_snapshot, config=EvalConfig(generation_prompts=0, resamples=50), log=lambda s: None)
+    registry = Registry(tmp_path / "registry")
+    real_write = Registry.write_aliases
+
+    def disk_full(self, aliases):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Registry, "write_aliases", disk_full)
+    with pytest.raises(OSError):
+        promote(adapter, registry, PromotionPolicy(), log=lambda s: None)
+    assert registry.versions() == ["v0001"] and registry.aliases()["production"] is None  # registered, not live
+
+    monkeypatch.setattr(Registry, "write_aliases", real_write)
+    record = promote(adapter, registry, PromotionPolicy(), log=lambda s: None)  # the flow's task retry
+    assert record["version"] == "v0001" and record["promote"] and registry.aliases()["production"] == "v0001"
+    again = promote(adapter, registry, PromotionPolicy(), log=lambda s: None)
+    assert again["already_registered"] and registry.aliases()["history"] == ["v0001"]
+
+
 def test_a_registry_at_an_fsspec_url(adapters, style_snapshot, tmp_path):
     adapter = fresh_copy(adapters["trained"], tmp_path)
     evaluate(adapter, style_snapshot, config=EvalConfig(generation_prompts=0, resamples=50), log=lambda s: None)
