@@ -26,7 +26,9 @@ from flows.params import RetrainParams
 
 
 class StageFailed(RuntimeError):
-    """The named stage of the retrain failed; production is untouched unless the stage was `export`."""
+    """The named stage of the retrain failed. Production changes only in `promote`; after it, only `export`
+    can fail the run (the registry then names the new production and the serving folder still holds the
+    old one, until the next run or `thumbs export` writes it)."""
 
     def __init__(self, stage: str, error: BaseException):
         super().__init__(f"stage '{stage}' failed: {type(error).__name__}: {error}")
@@ -64,14 +66,18 @@ def lock_name(model_name: str) -> str:
 def retrain_lock(params: RetrainParams):
     """One retrain at a time per model, across processes and machines (a Prefect global concurrency limit)."""
     name = lock_name(params.model_name)
-    ensure_concurrency_limit(name)
     held = contextlib.ExitStack()
-    try:
-        held.enter_context(concurrency(name, occupy=1, strict=True, timeout_seconds=params.lock_timeout_s))
-    except Exception as err:  # only the acquisition: errors of the stages below pass through untouched
+    try:  # only the acquisition: errors of the stages below pass through untouched
+        ensure_concurrency_limit(name)
+        # A lease renewal lost to one API hiccup must not kill hours of training: it is logged, not raised.
+        held.enter_context(concurrency(name, occupy=1, strict=True, timeout_seconds=params.lock_timeout_s,
+                                       raise_on_lease_renewal_failure=False))
+    except TimeoutError as err:
         raise StageFailed("lock", RuntimeError(
             f"another retrain of {params.model_name!r} held the lock for over {params.lock_timeout_s:.0f}s. If none is "
             f"running (a killed run can leave its slot taken), free it with `thumbs unlock {params.model_name}`")) from err
+    except Exception as err:
+        raise StageFailed("lock", err) from err
     with held:
         yield
 
@@ -171,12 +177,13 @@ def _unfinished(out: str) -> bool:
 def _train_remotely(params: RetrainParams, snapshot: dict, out: str) -> dict:
     from prefect.deployments import run_deployment
 
-    run = run_deployment(name=params.train_deployment, timeout=None, as_subflow=True, parameters={
+    run = run_deployment(name=params.train_deployment, timeout=params.train_timeout_s, as_subflow=True, parameters={
         "snapshot": snapshot["path"], "base_model": params.base_model, "out": out,
         "train_config": params.train_config, "overrides": params.train_overrides()})
     if not run.state or not run.state.is_completed():
-        raise RuntimeError(f"training deployment {params.train_deployment} ended {run.state.name if run.state else '?'}: "
-                           f"{run.state.message if run.state else ''}")
+        state = f"{run.state.name}: {run.state.message or ''}" if run.state else "without a state"
+        raise RuntimeError(f"training deployment {params.train_deployment} ended {state} (after at most "
+                           f"{params.train_timeout_s:.0f}s; is a worker serving its work pool?)")
     meta = json.loads((Path(out) / "thumbs_meta.json").read_text())
     return meta["summary"]
 
@@ -188,9 +195,10 @@ def evaluate_adapter(params: RetrainParams, adapter: str, snapshot: dict) -> dic
     from evaluation.evaluate import EvalConfig
 
     config = EvalConfig(suites=params.suites, generation_prompts=params.generation_prompts,
-                        max_new_tokens=params.max_new_tokens, device=params.device)
+                        max_new_tokens=params.max_new_tokens, device=params.device or "auto")
+    # base_model from the parameters: the path in the adapter's metadata is where training ran (maybe a GPU box).
     return evaluate_candidate(Path(adapter), Path(snapshot["path"]), Registry(params.path("registry"), params.model_name),
-                              config=config, log=_log())
+                              base_model=params.base_model, config=config, log=_log())
 
 
 @task(name="promote", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5))
@@ -204,24 +212,46 @@ def promote_adapter(params: RetrainParams, adapter: str) -> dict:
 
 
 @task(name="export", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5))
-def export_production(params: RetrainParams, record: dict) -> Optional[dict]:
+def export_production(params: RetrainParams) -> Optional[dict]:
+    """Export production unless the serving folder already holds it: a failed or skipped export heals next run."""
     from deploy.export import export
     from deploy.registry import Registry
 
-    if params.export_format == "none" or not record.get("promote"):
-        return None  # production did not change: what is exported already is current
-    return export(Registry(params.path("registry"), params.model_name), "production", params.export_format,
-                  Path(params.path("export_dir")), log=_log())
+    registry, out = Registry(params.path("registry"), params.model_name), Path(params.path("export_dir"))
+    production = registry.aliases()["production"]
+    if params.export_format == "none" or production is None:
+        return None
+    current = json.loads((out / "serving.json").read_text()) if (out / "serving.json").is_file() else {}
+    if (current.get("version"), current.get("format"), current.get("registry"), current.get("name")) == \
+            (production, params.export_format, registry.url, registry.name):
+        return None  # what is exported is production already
+    try:
+        return export(registry, "production", params.export_format, out, base_model=params.base_model, log=_log())
+    except Exception as err:
+        raise RuntimeError(f"{err}; production is {production} in the registry but {out} still holds "
+                           f"{current.get('version') or 'nothing'}: the next run exports it again, or run "
+                           f"`thumbs export production --registry {registry.url} --name {registry.name} "
+                           f"--format {params.export_format} --out {out}`") from err
 
 
 @task(name="publish")
-def publish(adapter: str, evaluation: dict, record: dict) -> None:
-    """The eval table, the decision and the report (plots inlined) as artifacts on the flow run."""
-    from flows.artifacts import decision_markdown, eval_table, report_markdown
+def publish_evaluation(adapter: str, evaluation: dict) -> None:
+    """The eval table and the report (plots inlined) as artifacts on the flow run, before anything is decided."""
+    from flows.artifacts import eval_table, report_markdown
 
     create_table_artifact(eval_table(evaluation), key="thumbs-eval", description="Candidate vs production, held-out")
-    create_markdown_artifact(decision_markdown(record), key="thumbs-decision", description="Promotion decision")
     create_markdown_artifact(report_markdown(Path(adapter)), key="thumbs-report", description="Evaluation report")
+
+
+@task(name="publish-decision")
+def publish_decision(record: dict) -> None:
+    """The decision as an artifact. Visibility only: it is in the registry already, so a failure here is a warning."""
+    from flows.artifacts import decision_markdown
+
+    try:
+        create_markdown_artifact(decision_markdown(record), key="thumbs-decision", description="Promotion decision")
+    except Exception as err:  # noqa: BLE001
+        get_run_logger().warning(f"could not publish the decision artifact ({err}); it is in the registry")
 
 
 # --- the flow --------------------------------------------------------------------------------------------
@@ -229,15 +259,16 @@ def publish(adapter: str, evaluation: dict, record: dict) -> None:
 @flow(name="thumbs-nightly-retrain", log_prints=True)
 def nightly_retrain(params: RetrainParams) -> dict:
     """Retrain the LoRA adapter from the feedback logs with KTO; promote it if it beats production."""
-    out = run_folder(params)
     with retrain_lock(params):
+        out = run_folder(params)
         ingested = stage("ingest", ingest_feedback, params)
         snapshot = stage("curate", curate_window, params)
         trained = stage("train", train_adapter, params, snapshot, out)
         evaluation = stage("evaluate", evaluate_adapter, params, out, snapshot)
+        stage("publish", publish_evaluation, out, evaluation)
         record = stage("promote", promote_adapter, params, out)
-        exported = stage("export", export_production, params, record)
-        stage("publish", publish, out, evaluation, record)
+        publish_decision(record)
+        exported = stage("export", export_production, params)
     return summarize(ingested, snapshot, trained, evaluation, record, exported, out)
 
 
@@ -253,8 +284,11 @@ def train_flow(snapshot: str, base_model: str, out: str, train_config: Optional[
 
 
 def run_folder(params: RetrainParams) -> str:
+    """WORKDIR/runs/MODEL/<UTC time>-<flow run id>: unique per run, sorted by time."""
+    from prefect.runtime import flow_run
+
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return str(Path(params.workdir) / "runs" / params.model_name / stamp)
+    return str(Path(params.workdir) / "runs" / params.model_name / f"{stamp}-{str(flow_run.id or 'local')[:8]}")
 
 
 def summarize(ingested, snapshot, trained, evaluation, record, exported, out) -> dict:
@@ -266,7 +300,7 @@ def summarize(ingested, snapshot, trained, evaluation, record, exported, out) ->
         "undesirable_weight": snapshot["undesirable_weight"], "train_loss": (trained.get("final") or {}).get("loss"),
         "auc": candidate["preference"]["auc"], "incumbent_auc": incumbent["preference"]["auc"] if incumbent else None,
         "version": record["version"], "promoted": bool(record.get("promote")), "reasons": record.get("reasons", []),
-        "exported": exported["adapter_path" if "adapter_path" in (exported or {}) else "model_path"] if exported else None,
+        "exported": (exported or {}).get("adapter_path") or (exported or {}).get("model_path"),
     }
 
 

@@ -9,16 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class LoraSettings(BaseModel):
-    r: int = Field(16, ge=1, le=512, description="LoRA rank.")
-    alpha: int = Field(32, ge=1, description="LoRA alpha (the update is scaled by alpha / r).")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    """Empty fields keep the training YAML's value (or its default)."""
+    model_config = ConfigDict(extra="forbid")
+
+    r: Optional[int] = Field(None, ge=1, le=512, description="LoRA rank (default 16).")
+    alpha: Optional[int] = Field(None, ge=1, description="LoRA alpha; the update is scaled by alpha / r (default 32).")
+    dropout: Optional[float] = Field(None, ge=0.0, lt=1.0, description="Dropout on the LoRA path (default 0).")
 
 
 class RetrainParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field in --params or a custom run is an error, not ignored
+
     # Data
     sources: List[str] = Field(default_factory=list, description=(
         "Feedback logs to ingest: JSONL(.gz) files, folders or glob patterns. Files already in the lake are "
@@ -49,10 +54,14 @@ class RetrainParams(BaseModel):
     epochs: Optional[float] = Field(None, gt=0, description="Passes over the train split (default 1).")
     micro_batch_size: Optional[int] = Field(None, ge=2, description="Examples per forward pass (default 8).")
     quantize: Optional[Literal["nf4", "none"]] = Field(None, description="nf4 = QLoRA (default), none = plain LoRA.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where training and evaluation run.")
+    device: Optional[Literal["auto", "cpu", "cuda"]] = Field(None, description=(
+        "Where training and evaluation run (default auto: the GPU when there is one)."))
     train_deployment: Optional[str] = Field(None, description=(
-        "Run training as this deployment (e.g. 'thumbs-train/gpu' on a GPU work pool) instead of in this "
+        "Run training as this deployment (e.g. 'thumbs-train/train' on a GPU work pool) instead of in this "
         "flow's process. The run folder must be on storage both can reach."))
+    train_timeout_s: float = Field(12 * 3600, gt=0, description=(
+        "With train_deployment: fail the run if training has not finished after this long (seconds), "
+        "e.g. because no worker serves the GPU pool."))
 
     # Evaluation, promotion, export
     suites: List[str] = Field(default_factory=list, description="Task-suite JSONL files checked at evaluation.")

@@ -7,6 +7,7 @@ GPT-2 and polite-up / curt-down feedback over real HH-RLHF questions (conftest `
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,14 @@ def test_a_full_run_promotes_and_exports_then_a_failed_training_changes_nothing(
     assert (workdir / "registry" / "default" / "aliases.json").read_bytes() == aliases_before
     assert Registry(workdir / "registry").versions() == ["v0001"]
 
+    shutil.rmtree(workdir / "serving")  # an export lost after its promotion: the next run writes it again
+    another = params(workdir, feedback, tiny_model, learning_rate=4e-3)  # the same settings would rebuild v0001
+    state = nightly_retrain(another, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["version"] == "v0002" and Artifact.get("thumbs-decision") is not None
+    serving = json.loads((workdir / "serving" / "serving.json").read_text())
+    assert serving["version"] == Registry(workdir / "registry").aliases()["production"]
+
 
 def test_parameters_render_as_a_form_with_defaults_and_descriptions():
     from prefect.utilities.callables import parameter_schema
@@ -76,8 +85,11 @@ def test_parameters_render_as_a_form_with_defaults_and_descriptions():
     fields = schema["definitions"]["RetrainParams"]["properties"]
     assert fields["beta"]["description"].startswith("β") and fields["export_format"]["default"] == "peft"
     assert set(fields["export_format"]["enum"]) == {"peft", "merged", "none"}
-    assert schema["definitions"]["LoraSettings"]["properties"]["r"]["default"] == 16
+    assert "default 16" in schema["definitions"]["LoraSettings"]["properties"]["r"]["description"]
     assert "base_model" in schema["definitions"]["RetrainParams"]["required"]
+    with pytest.raises(ValueError, match="max_step"):  # a misspelt field is refused, not silently dropped
+        RetrainParams(base_model="base", max_step=3)
+    assert RetrainParams(base_model="base", lora={"r": 8}).train_overrides() == {"lora_r": 8}  # the rest: the YAML's
 
 
 def test_a_taken_lock_fails_the_run_before_any_stage_and_unlock_frees_a_leaked_slot(harness, feedback, tiny_model,
