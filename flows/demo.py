@@ -113,8 +113,9 @@ def write_train_yaml() -> Path:
 
 
 def production_version() -> str:
-    aliases = DEMO_DIR / "registry" / "default" / "aliases.json"
-    return (json.loads(aliases.read_text())["production"] if aliases.exists() else None) or "base"
+    from deploy.registry import Registry
+
+    return Registry(DEMO_DIR / "registry").aliases()["production"] or "base"
 
 
 def print_table(rows: list, final: float) -> None:

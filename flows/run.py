@@ -20,14 +20,9 @@ def load_params(path: Optional[Path], **overrides):
     from pydantic import ValidationError
 
     from flows.params import RetrainParams
+    from ingest.cli import load_yaml
 
-    data = {}
-    if path is not None:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}  # JSON is YAML
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a mapping of RetrainParams fields")
+    data = load_yaml(Path(path)) if path is not None else {}  # JSON is YAML
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return RetrainParams(**data)
