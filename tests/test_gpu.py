@@ -182,7 +182,8 @@ def test_the_fused_head_matches_the_naive_log_softmax_and_never_holds_the_batch_
     from training.logprobs import completion_logps
 
     dtype = torch.float32 if ON_CPU else torch.bfloat16
-    B, T, C, V = (4, 48, 64, 8192) if ON_CPU else (4, 96, 256, 50257)  # float64 on 2 cores is slow
+    # On the GPU, enough completion positions that the batch's logits dwarf one chunk's; float64 on 2 cores is slow.
+    B, T, C, V = (4, 48, 64, 8192) if ON_CPU else (4, 256, 256, 50257)
     g = torch.Generator().manual_seed(int(softcap or 0))
     hidden = torch.randn(B, T, C, generator=g).to(DEVICE, dtype)
     head = nn.Linear(C, V, bias=False).to(DEVICE, dtype).requires_grad_(False)
@@ -223,7 +224,7 @@ def test_the_fused_head_matches_the_naive_log_softmax_and_never_holds_the_batch_
     errors = {"fused": relative(fused, exact), "naive": relative(plain, exact),
               "fused grad": relative(fused_grad, h64.grad), "naive grad": relative(plain_grad, h64.grad)}
     assert errors["fused"] < limit and errors["fused grad"] < limit, errors
-    assert errors["fused"] <= 2 * errors["naive"] + 1e-6 and errors["fused grad"] <= 2 * errors["naive grad"] + 1e-6, errors
+    assert errors["fused"] <= 3 * errors["naive"] + 1e-6 and errors["fused grad"] <= 3 * errors["naive grad"] + 1e-6, errors
     if not ON_CPU:
         batch_logits = int(mask[:, 1:].sum()) * V * 4  # the float32 logits of every completion position
         print(f"extra peak CUDA memory: fused {fused_peak / 2**20:.1f} MiB, naive {plain_peak / 2**20:.1f} MiB")
