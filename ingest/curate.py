@@ -84,6 +84,8 @@ class ResolveVotes(beam.PTransform):
         self.config = config
 
     def expand(self, keyed):
+        # Three tagged outputs, each read by exactly one consumer (a sink or the counts' combine):
+        # nothing is broadcast, so portable runners route it as written (tests/test_curate_runners.py).
         return (keyed
                 | "GroupBuckets" >> beam.GroupByKey()
                 | "Resolve" >> beam.ParDo(_ResolveFn(self.config)).with_outputs("eval", "counts", main="train"))
