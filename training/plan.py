@@ -84,12 +84,6 @@ def _length_slices(group: np.ndarray, sizes: List[int], desirable: np.ndarray, l
     return out
 
 
-def _excess(batch: np.ndarray, groups: np.ndarray) -> tuple:
-    """(how far the batch's commonest prompt is over half the batch, that prompt)."""
-    prompt, count = Counter(groups[batch].tolist()).most_common(1)[0]
-    return count - len(batch) // 2, prompt
-
-
 def spread_prompts(batches: List[np.ndarray], groups: np.ndarray) -> List[np.ndarray]:
     """Swap examples between micro-batches until no prompt holds more than half of any; merge where none can.
 
@@ -98,35 +92,41 @@ def spread_prompts(batches: List[np.ndarray], groups: np.ndarray) -> List[np.nda
     whenever no prompt holds more than half of all examples.
     """
     batches = [b.copy() for b in batches]
+    counts = [Counter(groups[b].tolist()) for b in batches]
     i = 0
     while i < len(batches):
-        excess, prompt = _excess(batches[i], groups)
-        if excess <= 0:
+        prompt, top = counts[i].most_common(1)[0]
+        if top <= len(batches[i]) // 2:
             i += 1
-        elif not _swap_one(batches, i, prompt, groups):
+        elif not _swap_one(batches, counts, i, prompt, groups):
             if len(batches) == 1:
                 raise PlanError("one prompt holds more than half of the examples; z0's pairs need other prompts")
-            j = min((k for k in range(len(batches)) if k != i), key=lambda k: len(batches[k]))
-            batches[min(i, j)] = np.concatenate([batches[i], batches[j]])
-            del batches[max(i, j)]
-            i = 0  # sizes changed: check again from the start (merges are rare)
+            # Merge with the micro-batch holding the fewest of this prompt (then the smallest): the most room.
+            j = min((k for k in range(len(batches)) if k != i), key=lambda k: (counts[k][prompt], len(batches[k])))
+            lo, hi = min(i, j), max(i, j)
+            batches[lo], counts[lo] = np.concatenate([batches[lo], batches[hi]]), counts[lo] + counts[hi]
+            del batches[hi], counts[hi]
+            i = lo  # the ones before it did not change
     return batches
 
 
-def _swap_one(batches: List[np.ndarray], i: int, prompt: int, groups: np.ndarray) -> bool:
+def _swap_one(batches: List[np.ndarray], counts: List[Counter], i: int, prompt: int, groups: np.ndarray) -> bool:
     """Move one example of `prompt` out of batch i in exchange for one that keeps both batches within bounds."""
-    batch = batches[i]
-    mine = Counter(groups[batch].tolist())
+    batch, mine = batches[i], counts[i]
     out = int(np.flatnonzero(groups[batch] == prompt)[0])
     n = len(batches)
     for step in range(1, n):
-        donor = batches[(i + step) % n]
-        theirs = Counter(groups[donor].tolist())
+        d = (i + step) % n
+        donor, theirs = batches[d], counts[d]
         if theirs[prompt] + 1 > len(donor) // 2:
             continue  # the donor cannot take another of this prompt
         for j, other in enumerate(groups[donor].tolist()):
             if other != prompt and mine[other] + 1 <= len(batch) // 2:
                 batch[out], donor[j] = donor[j], batch[out]
+                mine[prompt] -= 1
+                mine[other] += 1
+                theirs[other] -= 1
+                theirs[prompt] += 1
                 return True
     return False
 
