@@ -189,3 +189,43 @@ def test_a_single_long_message_loses_its_start_and_keeps_its_end():
     assert text.endswith("so what is the answer?<|im_end|>\n<|im_start|>assistant\n")
     with pytest.raises(DataError, match="could be tokenized"):  # a limit below the system prompt itself
         encode(rows, tok, 30, 20)
+
+
+def test_generation_stops_where_training_ends_completions():
+    from evaluation.generate import stop_ids
+
+    phi3 = tokenizer("phi-3-mini")
+    assert stop_ids(phi3) == sorted({phi3.eos_token_id, phi3.convert_tokens_to_ids("<|end|>")})  # <|endoftext|>, <|end|>
+    assert stop_ids(tokenizer("gpt2")) == [50256]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(END_OF_TURN))
+def test_thumbs_inspect_shows_the_trained_ids_and_the_marked_span(name, hh_snapshot):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from training.data import read_split
+
+    base = SHARED / "tokenizers" / name
+    result = CliRunner().invoke(app, ["inspect", "--snapshot", str(hh_snapshot), "--base-model", str(base),
+                                      "--n", "50", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    rows = read_split(hh_snapshot)
+    tok = tokenizer(name)
+    assert report["template"] == "chat" and report["end_of_turn"] == END_OF_TURN[name]
+    assert report["counts"]["unsplittable"] == 0 and len(report["examples"]) == 50
+    compared = 0
+    for ex in report["examples"]:  # 50 real dialogues: the ids are the joint tokenization's span
+        row = rows[ex["row"]]
+        prompt, completion = oracle(tok, row["prompt"], row["completion"], END_OF_TURN[name])
+        if len(prompt) + len(completion) <= 512:  # untruncated under the default limits
+            assert (ex["prompt_ids"], ex["completion_ids"]) == (prompt, completion)
+            compared += 1
+    assert compared >= 45
+    text = CliRunner().invoke(app, ["inspect", "--snapshot", str(hh_snapshot), "--base-model", str(base), "--n", "1"])
+    assert text.exit_code == 0
+    first = report["examples"][0]
+    assert first["prompt_text"] + "⟦" + first["completion_text"] + "⟧" in text.stdout
+    assert f"completion_ids: {first['completion_ids']}" in text.stdout and "unsplittable" in text.stdout
