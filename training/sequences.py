@@ -123,12 +123,9 @@ def end_of_turn_id(tokenizer) -> Optional[int]:
 
 @dataclass
 class Split:
-    """One example's token ids and what happened to it on the way."""
+    """One example's token ids, and whether template-inserted text went to the prompt side."""
     prompt_ids: list
     completion_ids: list
-    dropped_turns: int = 0  # whole turns dropped from the front of the prompt
-    cut_tokens: int = 0  # tokens cut from the start of the oldest remaining message
-    completion_cut: bool = False
     template_inserted: bool = False
 
 
@@ -147,7 +144,7 @@ def split_conversation(template: Template, messages: list, completion: str, *, p
         k = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(n, len(full_ids)))
         raise Unsplittable(f"the rendered prompt's tokens are not a prefix of the whole conversation's: token {k} is "
                            f"{_show(tok, prompt_ids[k:k + 1])} alone but {_show(tok, full_ids[k:k + 1])} with the "
-                           "answer after it (the prompt's last token merges with the answer's first)")
+                           "answer after it (e.g. the prompt's last token merges with the answer's first)")
     head, tail = template.frame(messages, prompt_text) if template.chat else ("", "")
     if not full_text.endswith(tail):
         raise Unsplittable("the template renders this answer's end differently from its other answers")

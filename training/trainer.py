@@ -66,7 +66,7 @@ class Plan:
             c = self.config
             batches = plan_epoch(self.encoded, epoch, c.seed, c.micro_batch_size, c.length_group_size)
             # Like DistributedSampler: repeat the first micro-batches so every process gets the same count.
-            short = self.batches_per_epoch - len(batches)
+            short = max(0, self.batches_per_epoch - len(batches))
             self._epoch, self._batches = epoch, batches + (batches * (1 + short // len(batches)))[:short]
         return self._batches
 
