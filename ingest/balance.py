@@ -46,7 +46,8 @@ class ClassWeights:
         return BAND[0] - 1e-9 <= self.ratio <= BAND[1] + 1e-9
 
 
-def class_weights(n_desirable: int, n_undesirable: int, target: float = BAND[1], min_per_class: int = 1) -> ClassWeights:
+def class_weights(n_desirable: int, n_undesirable: int, target: float = BAND[1],
+                  min_per_class: int = 1) -> ClassWeights:
     """λD and λU for these counts: the ratio λD·nD / (λU·nU) brought into [1, target] at its nearest edge.
 
     `target` is the band's upper edge, itself inside [1, 4/3]: 4/3 (the default) is the band thumbs uses;
@@ -87,5 +88,6 @@ def band_warning(weights: ClassWeights) -> Optional[str]:
     side = "thumbs-up" if weights.ratio > BAND[1] else "thumbs-down"
     return (f"λD={weights.desirable_weight:.4g}, λU={weights.undesirable_weight:.4g} on {weights.n_desirable} "
             f"desirable / {weights.n_undesirable} undesirable examples give λD·nD/(λU·nU) = {weights.ratio:.3g}, "
-            f"outside [1, 4/3] (TRL warns outside it; the KTO paper recommends [{PAPER_BAND[0]:g}, {PAPER_BAND[1]:g}]): "
+            f"outside [1, 4/3] (TRL warns outside it; the KTO paper recommends "
+            f"[{PAPER_BAND[0]:g}, {PAPER_BAND[1]:g}]): "
             f"the {side} side dominates the loss. Leave the weights unset to take the snapshot's, or set both")

@@ -77,7 +77,8 @@ def test_chunked_log_probs_and_their_gradients_equal_the_full_logits_computation
     torch.testing.assert_close(grad_got, grad_expected, atol=1e-6, rtol=0)
     assert grad_got[1, 6:].abs().sum() == 0  # padding and the last position predict nothing
     with torch.no_grad():
-        torch.testing.assert_close(completion_logps(hidden, head, input_ids, mask, 3, softcap, scale).double(), expected,
+        no_grad = completion_logps(hidden, head, input_ids, mask, 3, softcap, scale)
+        torch.testing.assert_close(no_grad.double(), expected,
                                    atol=1e-6, rtol=0)
 
 

@@ -88,7 +88,8 @@ def test_qwen3_style_think_block_stays_on_the_prompt_side_and_is_counted():
     assert encoded.counts["template_inserted"] == len(rows) == len(encoded)
     think = tok("<think>\n\n</think>\n\n", add_special_tokens=False)["input_ids"]
     for k, row in enumerate(rows):
-        generation_prompt = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)["input_ids"]
+        generation_prompt = tok.apply_chat_template(row["prompt"], add_generation_prompt=True,
+                                                    tokenize=True)["input_ids"]
         prompt = encoded.prompt_ids[k].tolist()
         assert prompt == list(generation_prompt) + think  # what vLLM renders, then the block the model did not write
         answer = tok(row["completion"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
@@ -195,7 +196,7 @@ def test_generation_stops_where_training_ends_completions():
     from evaluation.generate import stop_ids
 
     phi3 = tokenizer("phi-3-mini")
-    assert stop_ids(phi3) == sorted({phi3.eos_token_id, phi3.convert_tokens_to_ids("<|end|>")})  # <|endoftext|>, <|end|>
+    assert stop_ids(phi3) == sorted({phi3.eos_token_id, phi3.convert_tokens_to_ids("<|end|>")})
     assert stop_ids(tokenizer("gpt2")) == [50256]
 
 

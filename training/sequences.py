@@ -250,4 +250,5 @@ def fit_prompt(template: Template, messages: list, max_prompt_length: int) -> Tu
         if length(cut(j)) <= max_prompt_length:
             return cut(j), dropped, j
     raise PromptTooLong(f"the system prompt and the template's headers alone take more than max_prompt_length "
-                        f"({max_prompt_length}) tokens with the newest message cut to one token; raise max_prompt_length")
+                        f"({max_prompt_length}) tokens with the newest message cut to one token; "
+                        "raise max_prompt_length")
