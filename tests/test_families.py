@@ -4,9 +4,11 @@ Per family (Llama with the Mistral tokenizer, Qwen2 with Qwen2.5's, Phi-3 with P
 logit soft-cap, Granite with `logits_scaling`, Cohere with `logit_scale`; vocab_size = len(tokenizer)):
 
 - thumbs' per-example completion log-probs (its own tokenization, collation and `Scorer`, policy and
-  reference) equal a naive float64 computation from `model(...).logits` on the conversation tokenized by the
-  tokenizer's own `apply_chat_template`, to 1e-6; and skipping the family's head processing would not;
-- a few training steps run on a real HH-RLHF snapshot and the exported adapter loads with peft.
+  reference, and evaluation's `score_examples`) equal a naive float64 computation from `model(...).logits`
+  on the conversation tokenized by the tokenizer's own `apply_chat_template`, to 1e-6; and skipping the
+  family's head processing would not;
+- a few training steps (the default 4-bit NF4 QLoRA path) run on a real HH-RLHF snapshot and the exported
+  adapter loads with peft.
 
 Also here: a head thumbs does not know is refused, and every dropout is off in scoring and reference passes.
 """
@@ -24,6 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import SHARED
 from tests.test_train_sequences import END_OF_TURN, hh_rows, oracle
+from evaluation.scoring import score_examples
 from training.config import TrainConfig
 from training.data import collate, encode
 from training.model import Scorer, UnsupportedHead, active_dropout, load_base
@@ -66,6 +69,7 @@ def short_rows():
     return [r for r in hh_rows(40) if r["completion"].strip() and sum(len(m["content"]) for m in r["prompt"]) < 300][:6]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_completion_log_probs_equal_a_naive_float64_computation_on_the_joint_tokenization(family, short_rows):
     from peft import LoraConfig, get_peft_model
@@ -94,6 +98,12 @@ def test_completion_log_probs_equal_a_naive_float64_computation_on_the_joint_tok
             with model.disable_adapter():
                 assert reference[k] == pytest.approx(naive_logps(model, ids, len(prompt)), abs=1e-6)
         assert max(abs(p - r) for p, r in zip(policy, reference)) > 1e-2  # the adapter matters
+    # Evaluation scores with the same head semantics: its policy and reference log-probs are training's.
+    scores = score_examples(model, encoded, ["default"], batch_size=4, max_length=4096, pad_id=tok.pad_token_id or 0,
+                            log=lambda s: None)["default"]
+    assert scores["policy_logps"].tolist() == pytest.approx(policy, abs=1e-6)
+    assert scores["reference_logps"].tolist() == pytest.approx(reference, abs=1e-6)
+    with torch.no_grad():
         if family in PROCESSED:  # the head's processing matters: without it the log-probs would be far off
             hf = model.get_base_model()
             x = torch.tensor([prompt + completion])
@@ -126,7 +136,7 @@ def test_a_few_training_steps_run_and_the_export_loads_with_peft(family, small_s
     tok.save_pretrained(model_dir)
     out = tmp_path / "adapter"
     config = TrainConfig(max_steps=2, micro_batch_size=4, max_length=192, max_prompt_length=128, checkpoint_every=0,
-                         learning_rate=1e-2, quantize="none", lora_r=4, lora_alpha=8)
+                         learning_rate=1e-2, lora_r=4, lora_alpha=8)  # the default QLoRA path: 4-bit NF4 base
     summary = train(small_snapshot, str(model_dir), out, config, log=lambda s: None)
     assert summary["steps"] == 2 and summary["examples"] == 16
     meta = json.loads((out / "thumbs_meta.json").read_text())
