@@ -197,9 +197,10 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
         f"dropped), {c['truncated_completion']:,} completions; dropped: {c['dropped_empty']:,} empty, "
         f"{c['unsplittable']:,} unsplittable, {c['template_refused']:,} refused by the template, "
         f"{c['dropped_prompt_too_long']:,} prompts too long")
-    if encoded.dropped and c["examples_in"] > c["dropped_empty"] + c["examples"]:
-        say(f"warning: {c['examples_in'] - c['examples'] - c['dropped_empty']:,} example(s) could not be tokenized "
-            f"for training, e.g. row {encoded.dropped[0][0]}: {encoded.dropped[0][1]}; `thumbs inspect` lists them")
+    lost = [(row, why) for row, why in encoded.dropped if not why.startswith("empty")]
+    if lost:
+        say(f"warning: {len(lost):,} example(s) could not be tokenized for training, e.g. row {lost[0][0]}: "
+            f"{lost[0][1]}; `thumbs inspect` lists them")
     say(f"train: {plan.total_steps:,} steps of {config.micro_batch_size} x {config.gradient_accumulation_steps} "
         f"accumulation x {processes.world} process(es); β={config.beta} λD={weights.desirable_weight:.4g} "
         f"λU={weights.undesirable_weight:.4g} z0={config.z0}; base {base_model} ({config.quantize}) on {device}")
