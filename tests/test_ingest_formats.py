@@ -56,7 +56,7 @@ def pandalm(n: int) -> list[tuple[str, str, str, bool]]:
         if votes.count(1) == votes.count(2) or (prompt, item["response1"]) in seen:
             continue
         seen.add((prompt, item["response1"]))
-        if item["response1"].strip() and item["response2"].strip():
+        if all(isinstance(item[k], str) and item[k].strip() for k in ("response1", "response2")):
             out.append((prompt, item["response1"], item["response2"], votes.count(1) > votes.count(2)))
         if len(out) == n:
             break

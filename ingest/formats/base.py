@@ -34,7 +34,7 @@ _TEXT_PARTS = ("text", "input_text", "output_text")
 @dataclass(slots=True)
 class Event:
     record: dict  # a `--format events` record
-    raw: bytes  # what quarantine keeps if the record is refused
+    raw: bytes | dict  # what quarantine keeps if the record is refused (a nested record: the object)
 
 
 @dataclass(slots=True)
@@ -59,7 +59,7 @@ class Rating:
     target: str  # a Generation key
     desirable: bool
     timestamp: str | None
-    raw: bytes
+    raw: bytes | dict  # the rating on its own: a line, or a nested record as an object
     user_id: Any = None  # who rated, when the rating says so; else the generation's user
 
 

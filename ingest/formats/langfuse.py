@@ -29,12 +29,12 @@ def parse(record: dict, raw: bytes, ctx) -> list:
     if isinstance(record.get("data"), list) and "meta" in record:  # a page of the list endpoints
         out: list = []
         for item in record["data"]:
-            out.extend(_one(item, ctx.dumps(item), ctx, nested=True))
+            out.extend(_one(item, item, ctx, nested=True))
         return out
     return _one(record, raw, ctx, nested=False)
 
 
-def _one(record, raw: bytes, ctx, nested: bool) -> list:
+def _one(record, raw, ctx, nested: bool) -> list:
     try:
         if not isinstance(record, dict):
             raise BadRow(Reason.NOT_AN_OBJECT, "a Langfuse item is not an object")
@@ -49,7 +49,7 @@ def _one(record, raw: bytes, ctx, nested: bool) -> list:
         return [(bad, raw)]
 
 
-def score(record: dict, raw: bytes, ctx) -> Rating | Ignored:
+def score(record: dict, raw, ctx) -> Rating | Ignored:
     name = require_str(record, "name", "score")
     if name != ctx.options.score_name:
         return Ignored(name)
@@ -103,7 +103,7 @@ def trace(record: dict, ctx) -> list:
         for item in items:
             if isinstance(item, str):
                 continue  # `GET /traces` lists only the ids; their objects come in other lines
-            out.extend(_one(item, ctx.dumps(item), ctx, nested=True))
+            out.extend(_one(item, item, ctx, nested=True))
     return out
 
 

@@ -27,7 +27,7 @@ def parse(record: dict, raw: bytes, ctx) -> list:
     if record.get("object") == "list" and isinstance(record.get("data"), list):
         out: list = []
         for item in record["data"]:
-            item_raw = ctx.dumps(item)
+            item_raw = item  # serialised only if quarantine needs it
             try:
                 if not isinstance(item, dict):
                     raise BadRow(Reason.NOT_AN_OBJECT, "a page's data item is not an object")

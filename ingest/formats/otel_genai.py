@@ -88,7 +88,7 @@ def _each(record, outer, inner):
 
 
 def _guard(fn, item, ctx):
-    raw = ctx.dumps(item)
+    raw = item  # serialised only if quarantine needs it
     try:
         if not isinstance(item, dict):
             raise BadRow(Reason.NOT_AN_OBJECT, "a span or log record is not an object")

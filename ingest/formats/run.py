@@ -46,12 +46,32 @@ def dumps(obj) -> bytes:
         return json.dumps(obj).encode()
 
 
+def raw_bytes(raw) -> bytes:
+    """What quarantine keeps: a line as read, or a nested record (kept as an object until needed) as JSON."""
+    return raw if isinstance(raw, bytes) else json.dumps(raw, ensure_ascii=False).encode("utf-8", "replace")
+
+
+class Pending:
+    """Events lines waiting for validation, in one buffer (orjson's own buffers are 4 KiB each at least)."""
+
+    def __init__(self):
+        self.buf = bytearray()
+        self.meta: list[tuple[int, object]] = []  # (source line, raw record) per events line
+
+    def append(self, record: dict, line_no: int, raw) -> None:
+        self.buf += dumps(record)
+        self.buf += b"\n"
+        self.meta.append((line_no, raw))
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+
 class ParseContext:
     """What the format modules read: the options, the run's trace index, the default time."""
 
     def __init__(self, options, index: Index, default_timestamp: str):
         self.options, self.index, self.default_timestamp = options, index, default_timestamp
-        self.dumps = dumps
 
 
 class _Source:
@@ -60,8 +80,8 @@ class _Source:
     def __init__(self, idx: int, path: Path, summary: job.SourceSummary, lake: Path, row_ctx: RowContext):
         self.idx, self.path, self.summary, self.row_ctx = idx, path, summary, row_ctx
         self.writer = lake_files.SourceWriter(lake, summary.sha256)
-        self.pending: list[tuple[bytes, int, bytes]] = []  # (events line, source line, raw record)
-        self.rescue: dict[str, list] = {}  # earlier source name -> its pending rescued events
+        self.pending = Pending()
+        self.rescue: dict[str, Pending] = {}  # earlier source name -> its rescued events
         self.bad: list = []
         self.seen_ids: set[str] = set()
         self.generations = self.used = 0
@@ -144,7 +164,7 @@ class Run:
         local, ratings = None, []
         for it in items:
             if isinstance(it, Event):
-                src.pending.append((dumps(it.record), line_no, it.raw))
+                src.pending.append(it.record, line_no, it.raw)
             elif isinstance(it, Generation):
                 it.origin = src.idx
                 src.generations += 1
@@ -164,14 +184,13 @@ class Run:
             if gen is None:
                 self.deferred.append((src, line_no, rating))
             else:
-                self.emit(src, src.pending, rating, gen, line_no)
+                self.emit(src.pending, rating, gen, line_no)
 
-    def emit(self, src: _Source, into: list, rating: Rating, gen: Generation, line_no: int) -> None:
+    def emit(self, into: Pending, rating: Rating, gen: Generation, line_no: int) -> None:
         if not gen.used:
             gen.used = True
             self.sources[gen.origin].used += 1
-        record = event_record(rating, fill_from_trace(gen, self.ctx.index.traces))
-        into.append((dumps(record), line_no, rating.raw))
+        into.append(event_record(rating, fill_from_trace(gen, self.ctx.index.traces)), line_no, rating.raw)
 
     # -- joining -------------------------------------------------------------------------------------------
     def lookup(self, target: str) -> Generation | None:
@@ -189,7 +208,7 @@ class Run:
                     Reason.ORPHAN_FEEDBACK, f"no generation {rating.target!r} in this run's sources; a later run "
                                             "that brings it turns this rating into an event")))
             else:
-                self.emit(src, src.pending, rating, gen, line_no)
+                self.emit(src.pending, rating, gen, line_no)
         self.deferred = []
         waiting, rescued = orphans.pending(self.lake, self.config.format)
         for orphan in waiting:
@@ -198,12 +217,13 @@ class Run:
                 if gen is None or (orphan.sha256, rating.event_id) in rescued:
                     continue
                 into = self.sources[gen.origin]
-                self.emit(into, into.rescue.setdefault(orphan.source, []), rating, gen, orphan.line)
+                self.emit(into.rescue.setdefault(orphan.source, Pending()), rating, gen, orphan.line)
                 into.rescued.append({"source": orphan.source, "source_sha256": orphan.sha256,
                                      "line": orphan.line, "event_id": rating.event_id})
                 rescued.add((orphan.sha256, rating.event_id))
 
     def _ratings_of(self, raw: bytes) -> list[Rating]:
+        """The ratings a quarantined raw record holds (parsed again: it stands on its own)."""
         record = _load(raw)
         if not isinstance(record, dict):
             return []
@@ -215,29 +235,31 @@ class Run:
     # -- writing -------------------------------------------------------------------------------------------
     def flush(self, src: _Source) -> None:
         self._validate(src, src.pending, src.row_ctx)
-        src.pending = []
+        src.pending = Pending()
         for name, pending in src.rescue.items():
             self._validate(src, pending, self.row_ctx(name), rescued=True)
         src.rescue = {}
         if src.bad:
-            src.writer.write_quarantine(job._quarantine_rows(src.bad, src.summary, self.pseudonymize,
+            bad = [(line, raw_bytes(raw), err) for line, raw, err in src.bad]
+            src.writer.write_quarantine(job._quarantine_rows(bad, src.summary, self.pseudonymize,
                                                              self.config.scrub_pii))
             for _, _, err in src.bad:
                 src.summary.quarantined[err.reason.value] = src.summary.quarantined.get(err.reason.value, 0) + 1
             src.bad = []
 
-    def _validate(self, src: _Source, pending: list, row_ctx: RowContext, rescued: bool = False) -> None:
+    def _validate(self, src: _Source, pending: Pending, row_ctx: RowContext, rescued: bool = False) -> None:
         """Events lines through the events path; rows and quarantine keep the source's line numbers."""
         if not pending:
             return
         summary = src.summary
-        block = Block(0, b"\n".join(p[0] for p in pending), len(pending))
-        origin = pa.array([p[1] for p in pending], pa.int64())
+        block = Block(0, bytes(pending.buf[:-1]), len(pending))
+        meta = pending.meta
+        origin = pa.array([m[0] for m in meta], pa.int64())
         rows, bad = job._parse(block, self.events_config, row_ctx, self.pseudonymize, summary)
-        src.bad.extend((pending[i][1], pending[i][2], err) for i, _, err in bad)
+        src.bad.extend((*meta[i], err) for i, _, err in bad)
         if rows is not None and rows.num_rows:
             rows, dupes = job._drop_repeated_ids(rows, src.seen_ids, block)
-            src.bad.extend((pending[i][1], pending[i][2], err) for i, _, err in dupes)
+            src.bad.extend((*meta[i], err) for i, _, err in dupes)
             column = rows.schema.get_field_index("source_line")
             rows = rows.set_column(column, rows.schema.field(column), pc.take(origin, rows.column("source_line")))
             src.writer.write_rows(rows)
