@@ -7,6 +7,7 @@ import json
 from test_ingest_formats import assert_same_lake_as_events, config, event, hh, pandalm, reasons, rows, write_jsonl
 
 from ingest.job import ingest
+from ingest.lake import quarantine_table
 
 # -- OpenTelemetry GenAI ----------------------------------------------------------------------------------
 
@@ -320,3 +321,26 @@ def test_every_readme_example_ingests_in_its_format(tmp_path):
         assert summary["quarantined_total"] == 0, (fmt, summary["quarantined"])
         found[fmt] = summary["accepted"]
     assert found == {"trl-kto": 3, "langfuse": 1, "langsmith": 1, "otel-genai": 1, "openai": 1}
+
+
+def test_user_ids_under_the_tools_names_are_pseudonymised_in_quarantine(tmp_path):
+    (messages, chosen, _), = hh(1)
+    secret = "alice@corp.example"
+    cases = {
+        "langfuse": [{"id": "t1", "userId": secret, "input": "q", "output": "a", "observations": "not a list"},
+                     {"id": "s1", "traceId": "t1", "name": "thumbs", "value": 7, "authorUserId": secret}],
+        "otel-genai": [{"resourceSpans": [{"scopeSpans": [{"spans": [{
+            "spanId": "ab", "startTimeUnixNano": "later",
+            "attributes": _attrs(user__id=secret, gen_ai__input__messages=_parts(messages))}]}]}]}],
+        "openai": [{**_completion("c1", "yesterday", messages, chosen, "up"), "request": {
+            "messages": messages, "user": secret}}],
+        "langsmith": [{"id": "f1", "run_id": "r-x", "key": "thumbs", "score": 1, "created_at": "2026-11-20T00:00:00Z",
+                       "feedback_source": {"type": "app", "user_id": secret}}],
+    }
+    for fmt, records in cases.items():
+        write_jsonl(tmp_path / f"{fmt}.jsonl", records)
+        lake = tmp_path / f"lake-{fmt}"
+        summary = ingest([tmp_path / f"{fmt}.jsonl"], lake, config(fmt), progress=False).to_dict()
+        assert summary["quarantined_total"] == len(records), (fmt, summary["quarantined"])
+        for raw in quarantine_table(lake).column("raw").to_pylist():
+            assert b"alice" not in raw, (fmt, raw)

@@ -37,7 +37,10 @@ def value_of(value):
     if kind == "kvlistValue":
         return attributes((inner or {}).get("values", []))
     if kind == "intValue":
-        return int(inner)  # OTLP/JSON writes 64-bit integers as strings
+        try:
+            return int(inner)  # OTLP/JSON writes 64-bit integers as strings
+        except (TypeError, ValueError):
+            raise BadRow(Reason.WRONG_TYPE, f"intValue {inner!r} is not an integer") from None
     return inner
 
 

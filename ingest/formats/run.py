@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
@@ -46,9 +47,27 @@ def dumps(obj) -> bytes:
         return json.dumps(obj).encode()
 
 
-def raw_bytes(raw) -> bytes:
-    """What quarantine keeps: a line as read, or a nested record (kept as an object until needed) as JSON."""
-    return raw if isinstance(raw, bytes) else json.dumps(raw, ensure_ascii=False).encode("utf-8", "replace")
+# Identities the tools write under other names than `user_id` (which ingest.job already pseudonymises).
+_STR = rb'("(?:[^"\\]|\\.)*")'
+_USER_FIELDS = [re.compile(rb'("(?:userId|authorUserId|user)"\s*:\s*)' + _STR),
+                re.compile(rb'("key"\s*:\s*"(?:user\.id|enduser\.id)"\s*,\s*"value"\s*:\s*'
+                           rb'\{\s*"stringValue"\s*:\s*)' + _STR)]
+
+
+def _unquote(text: bytes) -> str:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text[1:-1].decode("utf-8", "replace")
+
+
+def raw_bytes(raw, pseudonymize) -> bytes:
+    """What quarantine keeps: a line as read, or a nested record (an object until needed) as JSON; with the
+    user ids under the tools' names replaced by their pseudonyms, as ingest.job does for `user_id`."""
+    raw = raw if isinstance(raw, bytes) else json.dumps(raw, ensure_ascii=False).encode("utf-8", "replace")
+    for pattern in _USER_FIELDS:
+        raw = pattern.sub(lambda m: m.group(1) + b'"' + pseudonymize(_unquote(m.group(2))).encode() + b'"', raw)
+    return raw
 
 
 class Pending:
@@ -161,6 +180,10 @@ class Run:
         except BadRow as bad:
             src.bad.append((line_no, raw, bad))
             return
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:  # a shape no check foresaw
+            src.bad.append((line_no, raw, BadRow(Reason.WRONG_TYPE, f"record is not in the {self.config.format} "
+                                                                    f"shape ({type(err).__name__}: {err})"[:300])))
+            return
         local, ratings = None, []
         for it in items:
             if isinstance(it, Event):
@@ -240,7 +263,7 @@ class Run:
             self._validate(src, pending, self.row_ctx(name), rescued=True)
         src.rescue = {}
         if src.bad:
-            bad = [(line, raw_bytes(raw), err) for line, raw, err in src.bad]
+            bad = [(line, raw_bytes(raw, self.pseudonymize), err) for line, raw, err in src.bad]
             src.writer.write_quarantine(job._quarantine_rows(bad, src.summary, self.pseudonymize,
                                                              self.config.scrub_pii))
             for _, _, err in src.bad:
