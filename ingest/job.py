@@ -35,7 +35,8 @@ _RAW_USER_ID = re.compile(rb'("user_id"\s*:\s*)("(?:[^"\\]|\\.)*"|-?\d+)')
 @dataclass
 class IngestConfig:
     format: str = "events"
-    """Source format: `events` (the thumbs contract), `pairs` ({prompt, chosen, rejected}) or `hh`."""
+    """Source format: `events` (the thumbs contract), `pairs` ({prompt, chosen, rejected}), `hh`, or one of
+    the tools' formats read by ingest/formats/ (`trl-kto`, `langfuse`, `langsmith`, `otel-genai`, `openai`)."""
     max_text_chars: int = 1_000_000
     """A prompt message, completion or id longer than this goes to quarantine (text_too_long)."""
     scrub_pii: bool = False
@@ -52,6 +53,8 @@ class IngestConfig:
     """For the foreign formats (ingest/formats/): the score name and which values are up or down."""
 
     def __post_init__(self):
+        if isinstance(self.formats, dict):  # from a YAML mapping
+            self.formats = FormatOptions(**self.formats)
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.max_text_chars < 1:

@@ -344,3 +344,15 @@ def test_user_ids_under_the_tools_names_are_pseudonymised_in_quarantine(tmp_path
         assert summary["quarantined_total"] == len(records), (fmt, summary["quarantined"])
         for raw in quarantine_table(lake).column("raw").to_pylist():
             assert b"alice" not in raw, (fmt, raw)
+
+
+def test_scrub_pii_masks_and_counts_in_foreign_records(tmp_path, lake):
+    from dataclasses import replace
+
+    messages = [{"role": "user", "content": "mail me at bob@example.com"}]
+    record = _completion("c1", 1_763_600_000, messages, "Call +1 415-555-2671 instead.", "down")
+    write_jsonl(tmp_path / "pii.jsonl", [record])
+    summary = ingest([tmp_path / "pii.jsonl"], lake, replace(config("openai"), scrub_pii=True), progress=False)
+    assert (summary.total("emails_masked"), summary.total("phones_masked")) == (1, 1)
+    row, = rows(lake)
+    assert (row["prompt"][0]["content"], row["completion"]) == ("mail me at [EMAIL]", "Call [PHONE] instead.")
