@@ -253,8 +253,8 @@ class Run:
             return []
         try:
             return [it for it in self.parse(record, raw, self.ctx) if isinstance(it, Rating)]
-        except BadRow:
-            return []
+        except (BadRow, TypeError, ValueError, AttributeError, KeyError, IndexError):
+            return []  # it was quarantined for a reason of its own then; it stays there
 
     # -- writing -------------------------------------------------------------------------------------------
     def flush(self, src: _Source) -> None:
