@@ -12,6 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import HH_PATH, PANDALM_PATH
@@ -304,6 +305,28 @@ def test_langfuse_orphan_score_is_rescued_by_a_later_run_and_reruns_change_nothi
     after = {p: p.read_bytes() for p in lake.rglob("*") if p.is_file()}
     assert {p: b for p, b in after.items() if p in before} == before
     assert_same_lake_as_events(tmp_path, lake, expected)
+
+
+def test_langfuse_scores_in_a_later_run_find_generations_an_earlier_run_stored(tmp_path, lake):
+    sources, expected = _langfuse_world(tmp_path)
+    nested, observations, scores = sources
+    first = ingest([nested, observations], lake, config("langfuse"), progress=False).to_dict()
+    assert (first["accepted"], first["unrated"]) == (24, 26)  # the flat half's scores are not there yet
+    stored = pq.read_table(lake / "_generations" / "langfuse").column("generation").to_pylist()
+    assert stored and not any(b'"user-' in blob for blob in stored)  # user ids stored as pseudonyms only
+
+    second = ingest([scores], lake, config("langfuse"), progress=False).to_dict()
+    assert (second["accepted"], second["quarantined_total"]) == (25, 0)
+    assert_same_lake_as_events(tmp_path, lake, expected)  # pseudonymised once, not twice
+
+    (messages, chosen, _), = hh(1)  # one answer rated again, by someone else, in a third run
+    again = tmp_path / "scores-later.jsonl"
+    write_jsonl(again, [{**_lf_score(7, "trace-3r", "obs-3r", True, "NUMERIC"), "id": "score-again"}])
+    third = ingest([again], lake, config("langfuse"), progress=False).to_dict()
+    assert third["accepted"] == 1
+    row = {r["event_id"]: r for r in rows(lake)}
+    assert row["score-again"]["completion"] == row["score-7"]["completion"]
+    assert row["score-again"]["user_id"] == row["score-7"]["user_id"]
 
 
 def test_cli_reads_numeric_stars_with_thresholds(tmp_path):

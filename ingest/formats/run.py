@@ -4,8 +4,8 @@
 
 Each line is parsed by its format's module into events, generations and ratings (`base.py`). A rating
 is joined to a generation of its own line at once, else after every source of the run has been read
-(`join.py`); one whose generation is nowhere is quarantined as `orphan_feedback`, and rescued by a later
-run that brings it (`orphans.py`). Every joined record is serialised as a `--format events` line and goes
+(`join.py`), else among the generations earlier runs stored (`generations.py`); one whose generation is
+nowhere is quarantined as `orphan_feedback`, and rescued by a later run that brings it (`orphans.py`). Every joined record is serialised as a `--format events` line and goes
 through `ingest.job`'s own block parser (Arrow first, the per-line reference where Arrow cannot vouch),
 duplicate-id check and quarantine, with line numbers mapped back to the source's. The sources' files are
 committed together at the end of the run, each with its record last; on any error none is.
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest import job, lake as lake_files
-from ingest.formats import langfuse, langsmith, openai, orphans, otel_genai, trl_kto
+from ingest.formats import generations, langfuse, langsmith, openai, orphans, otel_genai, trl_kto
 from ingest.formats.base import Event, Generation, Ignored, Rating, Unrated, event_record
 from ingest.formats.join import Index, fill_from_trace
 from ingest.privacy import Pseudonymizer, resolve_key
@@ -38,6 +38,7 @@ from ingest.sources import Block, SourceError, read_blocks, sha256_of
 
 PARSERS = {"trl-kto": trl_kto.parse, "langfuse": langfuse.parse, "langsmith": langsmith.parse,
            "otel-genai": otel_genai.parse, "openai": openai.parse}
+JOINED = ("langfuse", "langsmith", "otel-genai")  # formats whose ratings name generations by id
 FLUSH_EVENTS = 50_000  # events buffered per source before they are validated and written
 
 
@@ -102,6 +103,8 @@ class _Source:
         self.writer = lake_files.SourceWriter(lake, summary.sha256)
         self.pending = Pending()
         self.rescue: dict[str, Pending] = {}  # earlier source name -> its rescued events
+        self.stored = Pending()  # events whose generation an earlier run stored (user ids already pseudonyms)
+        self.gens: list[Generation] = []
         self.bad: list = []
         self.seen_ids: set[str] = set()
         self.generations = self.used = 0
@@ -137,9 +140,11 @@ class Run:
         self.events_config = replace(config, format="events")
         self.sources: list[_Source] = []
         self.deferred: list[tuple[_Source, int, Rating]] = []
+        self.stores: list = []  # the generation files written, aborted with the rest on an error
 
-    def row_ctx(self, name: str) -> RowContext:
-        return RowContext(source=name, max_text_chars=self.config.max_text_chars, pseudonymize=self.pseudonymize,
+    def row_ctx(self, name: str, pseudonymize=None) -> RowContext:
+        return RowContext(source=name, max_text_chars=self.config.max_text_chars,
+                          pseudonymize=pseudonymize or self.pseudonymize,
                           scrub=job._Scrubber() if self.config.scrub_pii else None,
                           default_timestamp=self.default_ts)
 
@@ -192,6 +197,7 @@ class Run:
             elif isinstance(it, Generation):
                 it.origin = src.idx
                 src.generations += 1
+                src.gens.append(it)
                 self.ctx.index.add(it)
                 local = local or Index()
                 local.add(it)
@@ -223,11 +229,15 @@ class Run:
 
     def resolve(self) -> None:
         """The run's ratings that named a generation outside their line, then earlier runs' orphans."""
+        missing = {r.target for src, _, r in self.deferred if not src.failed and self.lookup(r.target) is None}
+        stored = generations.find(self.lake, self.config.format, missing) if missing else {}
         for src, line_no, rating in self.deferred:
             if src.failed:
                 continue
             gen = self.lookup(rating.target)
-            if gen is None:
+            if gen is None and rating.target in stored:
+                self.emit(src.stored, rating, stored[rating.target], line_no)
+            elif gen is None:
                 src.bad.append((line_no, rating.raw, BadRow(
                     Reason.ORPHAN_FEEDBACK, f"no generation {rating.target!r} in this run's sources; a later run "
                                             "that brings it turns this rating into an event")))
@@ -263,6 +273,9 @@ class Run:
         for name, pending in src.rescue.items():
             self._validate(src, pending, self.row_ctx(name), rescued=True)
         src.rescue = {}
+        already = generations.AlreadyPseudonymized()
+        self._validate(src, src.stored, self.row_ctx(src.summary.source, already), pseudonymize=already)
+        src.stored = Pending()
         if src.bad:
             bad = [(line, raw_bytes(raw, self.pseudonymize), err) for line, raw, err in src.bad]
             src.writer.write_quarantine(job._quarantine_rows(bad, src.summary, self.pseudonymize,
@@ -271,7 +284,8 @@ class Run:
                 src.summary.quarantined[err.reason.value] = src.summary.quarantined.get(err.reason.value, 0) + 1
             src.bad = []
 
-    def _validate(self, src: _Source, pending: Pending, row_ctx: RowContext, rescued: bool = False) -> None:
+    def _validate(self, src: _Source, pending: Pending, row_ctx: RowContext, rescued: bool = False,
+                  pseudonymize=None) -> None:
         """Events lines through the events path; rows and quarantine keep the source's line numbers."""
         if not pending:
             return
@@ -279,7 +293,7 @@ class Run:
         block = Block(0, bytes(pending.buf[:-1]), len(pending))
         meta = pending.meta
         origin = pa.array([m[0] for m in meta], pa.int64())
-        rows, bad = job._parse(block, self.events_config, row_ctx, self.pseudonymize, summary)
+        rows, bad = job._parse(block, self.events_config, row_ctx, pseudonymize or self.pseudonymize, summary)
         src.bad.extend((*meta[i], err) for i, _, err in bad)
         if rows is not None and rows.num_rows:
             rows, dupes = job._drop_repeated_ids(rows, src.seen_ids, block)
@@ -303,6 +317,12 @@ class Run:
             if src.failed:
                 continue
             self.flush(src)
+            if self.config.format in JOINED:  # a score in a later run may name any of them
+                for gen in src.gens:
+                    fill_from_trace(gen, self.ctx.index.traces)
+                self.stores.append(generations.write(self.lake, self.config.format, src.summary.sha256, src.gens,
+                                                     self.pseudonymize, self.config.scrub_pii))
+                self.stores[-1].commit()
             src.summary.unrated += src.generations - src.used
             record = {k: v for k, v in asdict(src.summary).items()
                       if k not in ("status", "error", "partitions", "seconds")}
@@ -341,6 +361,8 @@ def ingest_run(sources, lake, config, progress: bool = True) -> job.IngestSummar
     except BaseException:
         for src in run.sources:
             src.writer.abort()
+        for store in run.stores:
+            store.abort()
         raise
     finally:
         if collecting:
