@@ -5,6 +5,7 @@ A format's parser turns one JSON line into items:
 - `Event`: a whole thumbs event record already (TRL rows, OpenAI completions with their thumbs);
 - `Generation`: a model answer that ratings may point at, under one or more join keys;
 - `Rating`: a thumbs on the generation with key `target`, from this line or any other of the run;
+- `Trace`: the user and session of a Langfuse trace, for its observations;
 - `Ignored`: a score of another name (an LLM-as-judge metric, say), counted by name, not stored;
 - `Unrated`: a record that could have carried a thumbs and carries none;
 - `BadRow`: a record that breaks its format's shape (quarantined with the reason).
@@ -61,6 +62,14 @@ class Rating:
     timestamp: str | None
     raw: bytes | dict  # the rating on its own: a line, or a nested record as an object
     user_id: Any = None  # who rated, when the rating says so; else the generation's user
+
+
+@dataclass(slots=True)
+class Trace:
+    """A Langfuse trace's user and session, which its observations (maybe in other lines) lack."""
+    trace_id: str
+    user_id: Any
+    session_id: Any
 
 
 @dataclass(slots=True)

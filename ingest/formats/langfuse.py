@@ -19,7 +19,7 @@ observation's `model` (a trace's own output: its `release`, else `version`).
 
 from __future__ import annotations
 
-from ingest.formats.base import (Generation, Ignored, Rating, optional_str, require_str, to_completion,
+from ingest.formats.base import (Generation, Ignored, Rating, Trace, optional_str, require_str, to_completion,
                                  to_messages)
 from ingest.records import BadRow
 from ingest.schema import Reason
@@ -89,8 +89,7 @@ def observation(record: dict) -> list:
 
 def trace(record: dict, ctx) -> list:
     trace_id = require_str(record, "id", "trace")
-    ctx.index.traces[trace_id] = (record.get("userId"), record.get("sessionId"))
-    out: list = []
+    out: list = [Trace(trace_id, record.get("userId"), record.get("sessionId"))]
     if record.get("output") is not None:
         out.append(Generation(keys=(f"trace:{trace_id}",), prompt=_prompt(record.get("input")),
                               completion=to_completion(record["output"]), timestamp=record.get("timestamp"),

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from ingest import job, lake as lake_files
 from ingest.formats import generations, langfuse, langsmith, openai, orphans, otel_genai, trl_kto
-from ingest.formats.base import Event, Generation, Ignored, Rating, Unrated, event_record
+from ingest.formats.base import Event, Generation, Ignored, Rating, Trace, Unrated, event_record
 from ingest.formats.join import Index, fill_from_trace
 from ingest.privacy import Pseudonymizer, resolve_key
 from ingest.progress import Progress
@@ -104,7 +104,7 @@ class _Source:
         self.pending = Pending()
         self.rescue: dict[str, Pending] = {}  # earlier source name -> its rescued events
         self.stored = Pending()  # events whose generation an earlier run stored (user ids already pseudonyms)
-        self.gens: list[Generation] = []
+        self.store: generations.Store | None = None  # this source's generations, for later runs
         self.bad: list = []
         self.seen_ids: set[str] = set()
         self.generations = self.used = 0
@@ -140,7 +140,6 @@ class Run:
         self.events_config = replace(config, format="events")
         self.sources: list[_Source] = []
         self.deferred: list[tuple[_Source, int, Rating]] = []
-        self.stores: list = []  # the generation files written, aborted with the rest on an error
 
     def row_ctx(self, name: str, pseudonymize=None) -> RowContext:
         return RowContext(source=name, max_text_chars=self.config.max_text_chars,
@@ -152,6 +151,9 @@ class Run:
     def read(self, path: Path, summary: job.SourceSummary) -> None:
         src = _Source(len(self.sources), path, summary, self.lake, self.row_ctx(summary.source))
         self.sources.append(src)
+        if self.config.format in JOINED:  # a score in a later run may name any of its generations
+            src.store = generations.Store(self.lake, self.config.format, summary.sha256, self.pseudonymize,
+                                          self.config.scrub_pii)
         meter = Progress(summary.source, os.path.getsize(path)) if self.progress else None
         try:
             for item in read_blocks(str(path), self.config.max_line_bytes,
@@ -170,6 +172,8 @@ class Run:
         except SourceError:
             src.failed = True  # its generations may answer no rating of another source, its files go
             src.writer.abort()
+            if src.store is not None:
+                src.store.abort()
             raise
 
     def _line(self, src: _Source, raw: bytes, line_no: int) -> None:
@@ -197,12 +201,17 @@ class Run:
             elif isinstance(it, Generation):
                 it.origin = src.idx
                 src.generations += 1
-                src.gens.append(it)
+                if src.store is not None:
+                    src.store.add(it)
                 self.ctx.index.add(it)
                 local = local or Index()
                 local.add(it)
             elif isinstance(it, Rating):
                 ratings.append(it)
+            elif isinstance(it, Trace):
+                self.ctx.index.traces[it.trace_id] = (it.user_id, it.session_id)
+                if src.store is not None:
+                    src.store.add_trace(it.trace_id, it.user_id, it.session_id)
             elif isinstance(it, Ignored):
                 src.summary.ignored[it.name] = src.summary.ignored.get(it.name, 0) + 1
             elif isinstance(it, Unrated):
@@ -230,7 +239,8 @@ class Run:
     def resolve(self) -> None:
         """The run's ratings that named a generation outside their line, then earlier runs' orphans."""
         missing = {r.target for src, _, r in self.deferred if not src.failed and self.lookup(r.target) is None}
-        stored = generations.find(self.lake, self.config.format, missing) if missing else {}
+        stored = generations.find(self.lake, self.config.format, missing, self.ctx.index.traces,
+                                  self.pseudonymize) if missing else {}
         for src, line_no, rating in self.deferred:
             if src.failed:
                 continue
@@ -317,12 +327,8 @@ class Run:
             if src.failed:
                 continue
             self.flush(src)
-            if self.config.format in JOINED:  # a score in a later run may name any of them
-                for gen in src.gens:
-                    fill_from_trace(gen, self.ctx.index.traces)
-                self.stores.append(generations.write(self.lake, self.config.format, src.summary.sha256, src.gens,
-                                                     self.pseudonymize, self.config.scrub_pii))
-                self.stores[-1].commit()
+            if src.store is not None:
+                src.store.commit()
             src.summary.unrated += src.generations - src.used
             record = {k: v for k, v in asdict(src.summary).items()
                       if k not in ("status", "error", "partitions", "seconds")}
@@ -361,8 +367,9 @@ def ingest_run(sources, lake, config, progress: bool = True) -> job.IngestSummar
     except BaseException:
         for src in run.sources:
             src.writer.abort()
-        for store in run.stores:
-            store.abort()
+        for src in run.sources:
+            if src.store is not None:
+                src.store.abort()
         raise
     finally:
         if collecting:
