@@ -39,6 +39,9 @@ class Index:
         found = self._by_key.get(key)
         return found[1] if found is not None else None
 
+    def values(self) -> list[Generation]:
+        return [gen for _, gen in self._by_key.values()]
+
     def __len__(self) -> int:
         return len(self._by_key)
 

@@ -194,7 +194,7 @@ class Run:
             src.bad.append((line_no, raw, BadRow(Reason.WRONG_TYPE, f"record is not in the {self.config.format} "
                                                                     f"shape ({type(err).__name__}: {err})"[:300])))
             return
-        local, ratings = None, []
+        local, ratings, traces = None, [], []
         for it in items:
             if isinstance(it, Event):
                 src.pending.append(it.record, line_no, it.raw)
@@ -202,22 +202,25 @@ class Run:
                 it.origin = src.idx
                 src.generations += 1
                 if src.store is not None:
-                    src.store.add(it)
+                    src.store.add(fill_from_trace(it, self.ctx.index.traces))
                 self.ctx.index.add(it)
                 local = local or Index()
                 local.add(it)
             elif isinstance(it, Rating):
                 ratings.append(it)
-            elif isinstance(it, Trace):
+            elif isinstance(it, Trace):  # comes before its nested observations
                 self.ctx.index.traces[it.trace_id] = (it.user_id, it.session_id)
-                if src.store is not None:
-                    src.store.add_trace(it.trace_id, it.user_id, it.session_id)
+                traces.append(it)
             elif isinstance(it, Ignored):
                 src.summary.ignored[it.name] = src.summary.ignored.get(it.name, 0) + 1
             elif isinstance(it, Unrated):
                 src.summary.unrated += 1
             else:  # (BadRow, raw of the nested record)
                 src.bad.append((line_no, it[1], it[0]))
+        if src.store is not None:
+            for trace in traces:  # for observations in other lines or runs; nested ones carry it already
+                if local is None or not any(g.trace == trace.trace_id for g in local.values()):
+                    src.store.add_trace(trace.trace_id, trace.user_id, trace.session_id)
         for rating in ratings:
             gen = local.get(rating.target) if local is not None else None
             if gen is None:
