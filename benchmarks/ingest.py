@@ -1,11 +1,13 @@
 """Ingest throughput against the floor: the same events read by raw Arrow and written as Parquet.
 
-    python benchmarks/ingest.py [--events 1000000] [--record]
+    python benchmarks/ingest.py [--events 1000000] [--format events|langfuse] [--record]
 
 The floor is `pyarrow.json.read_json` + `pyarrow.parquet.write_table` (zstd) on the same file: no
 validation, no labels, no pseudonyms, no partitions. thumbs does all of that on top (and hashes the
 source for idempotency). Both run in this one process, one after the other, on the same file;
-`--record` appends the table to BENCHMARKS.md.
+`--record` appends the table to BENCHMARKS.md. `--format langfuse` measures a nested foreign format
+instead: one Langfuse trace per line with its GENERATION observation and its thumbs score nested, the
+same texts; the floor is the same bare Arrow read + Parquet write of that file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -47,16 +50,48 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
             }) + "\n")
 
 
+def _text(rng: random.Random, lo: int, hi: int) -> str:
+    return " ".join(rng.choices(WORDS, k=rng.randint(lo, hi)))
+
+
+def generate_langfuse(path: Path, n: int, seed: int = 0) -> None:
+    """The same feedback as `generate`, exported from Langfuse: a trace per line, observation and score nested."""
+    rng = random.Random(seed)
+    kinds = ("BOOLEAN", "NUMERIC", "CATEGORICAL")
+    with open(path, "w") as f:
+        for i in range(n):
+            turns = [{"role": "user", "content": _text(rng, 5, 40)}]
+            if rng.random() < 0.3:
+                turns = [{"role": "system", "content": "You are a helpful assistant."}] + turns
+            day, hour, minute = rng.randint(18, 20), rng.randint(0, 23), rng.randint(0, 59)
+            start = f"2026-11-{day}T{hour:02d}:{minute:02d}:00.000Z"
+            up, kind = rng.random() < 0.3, kinds[i % 3]
+            value = {"BOOLEAN": 1 if up else 0, "NUMERIC": 1 if up else -1, "CATEGORICAL": None}[kind]
+            f.write(json.dumps({
+                "id": f"t-{i}", "name": "chat", "timestamp": start, "userId": f"u-{rng.randint(0, 50_000)}",
+                "sessionId": f"c-{i // 3}", "release": "prod-v3", "version": None, "input": turns, "output": None,
+                "observations": [{
+                    "id": f"o-{i}", "traceId": f"t-{i}", "type": "GENERATION", "name": "chat", "startTime": start,
+                    "model": "prod-v3", "input": turns,
+                    "output": {"role": "assistant", "content": _text(rng, 10, 120)}}],
+                "scores": [{"id": f"s-{i}", "traceId": f"t-{i}", "observationId": f"o-{i}", "name": "thumbs",
+                            "dataType": kind, "value": value,
+                            "stringValue": ("up" if up else "down") if kind == "CATEGORICAL" else None,
+                            "source": "API", "timestamp": start}],
+            }) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--format", choices=("events", "langfuse"), default="events")
     parser.add_argument("--record", action="store_true", help="append the result to BENCHMARKS.md")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        source = tmp / "events.jsonl"
-        generate(source, args.events)
+        source = tmp / f"{args.format}.jsonl"
+        (generate if args.format == "events" else generate_langfuse)(source, args.events)
         size_mb = source.stat().st_size / 1e6
 
         t0 = time.perf_counter()
@@ -66,15 +101,19 @@ def main() -> None:
         del table
 
         t0 = time.perf_counter()
-        summary = ingest([source], tmp / "lake", IngestConfig(insecure_dev_key=True), progress=False)
+        summary = ingest([source], tmp / "lake", IngestConfig(format=args.format, insecure_dev_key=True),
+                         progress=False)
         thumbs_s = time.perf_counter() - t0
         assert summary.total("accepted") == args.events, summary.render()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+    what = "validate, pseudonymise, partition" if args.format == "events" else "join, validate, pseudonymise, partition"
     table_md = timing_table(args.events, [("raw floor: read_json + write_table", floor_s),
-                                          ("thumbs ingest (validate, pseudonymise, partition)", thumbs_s)])
-    print(f"{args.events:,} events, {size_mb:,.0f} MB of JSONL\n{table_md}")
+                                          (f"thumbs ingest --format {args.format} ({what})", thumbs_s)])
+    detail = f"{size_mb:,.0f} MB of JSONL ({args.format}), peak RSS {peak_mb:,.0f} MB"
+    print(f"{args.events:,} events, {detail}\n{table_md}")
     if args.record:
-        record("ingest", f"python benchmarks/ingest.py --events {args.events}", f"{size_mb:,.0f} MB of JSONL",
+        record("ingest", f"python benchmarks/ingest.py --events {args.events} --format {args.format}", detail,
                table_md)
 
 if __name__ == "__main__":

@@ -25,11 +25,28 @@ def ingest_command(
     timestamp: Optional[str] = typer.Option(
         None, "--timestamp", help="ISO-8601 time for pairs/hh events without one (default: now)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress lines on stderr."),
+    score_name: str = typer.Option("thumbs", "--score-name", help="Langfuse score name, LangSmith feedback key "
+                                   "or OTel gen_ai.evaluation.name that holds the thumbs."),
+    up_at: float = typer.Option(1.0, "--up-at", help="A numeric score at or above this is a thumbs-up."),
+    down_at: float = typer.Option(0.0, "--down-at", help="A numeric score at or below this is a thumbs-down."),
+    up_values: Optional[str] = typer.Option(None, "--up-values", help="Comma-separated categorical values "
+                                            "meaning up (default: up,thumbs_up,positive,good,true,...)."),
+    down_values: Optional[str] = typer.Option(None, "--down-values", help="Comma-separated values meaning down."),
+    openai_metadata_key: str = typer.Option("thumbs", "--openai-metadata-key",
+                                            help="--format openai: the metadata key holding the thumbs."),
 ) -> None:
     """Validate feedback logs into the Parquet lake; bad rows go to LAKE/quarantine with a reason."""
+    from ingest.formats.options import DOWN_VALUES, UP_VALUES, FormatOptions
+
+    def values(text, default):
+        return tuple(v.strip() for v in text.split(",") if v.strip()) if text is not None else default
+
     try:
+        options = FormatOptions(score_name=score_name, up_at=up_at, down_at=down_at,
+                                up_values=values(up_values, UP_VALUES), down_values=values(down_values, DOWN_VALUES),
+                                openai_metadata_key=openai_metadata_key)
         config = IngestConfig(format=format, max_text_chars=max_text_chars, scrub_pii=scrub_pii,
-                              insecure_dev_key=insecure_dev_key,
+                              insecure_dev_key=insecure_dev_key, formats=options,
                               default_timestamp=parse_timestamp(timestamp) if timestamp else None)
         summary = ingest(sources, lake, config, progress=not quiet and not json_out)
     except (ValueError, MissingKeyError, BadRow) as err:

@@ -21,9 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest import arrow_path, lake as lake_files
+from ingest.formats.options import FormatOptions
 from ingest.privacy import Pseudonymizer, resolve_key, scrub_text
 from ingest.progress import Progress
-from ingest.records import FORMATS, BadRow, RowContext, line_to_rows
+from ingest.records import FORMATS, FOREIGN_FORMATS, BadRow, RowContext, line_to_rows
 from ingest.schema import FEEDBACK_SCHEMA, QUARANTINE_SCHEMA, Reason
 from ingest.sources import Block, SourceError, read_blocks, sha256_of
 
@@ -34,7 +35,8 @@ _RAW_USER_ID = re.compile(rb'("user_id"\s*:\s*)("(?:[^"\\]|\\.)*"|-?\d+)')
 @dataclass
 class IngestConfig:
     format: str = "events"
-    """Source format: `events` (the thumbs contract), `pairs` ({prompt, chosen, rejected}) or `hh`."""
+    """Source format: `events` (the thumbs contract), `pairs` ({prompt, chosen, rejected}), `hh`, or one of
+    the tools' formats read by ingest/formats/ (`trl-kto`, `langfuse`, `langsmith`, `otel-genai`, `openai`)."""
     max_text_chars: int = 1_000_000
     """A prompt message, completion or id longer than this goes to quarantine (text_too_long)."""
     scrub_pii: bool = False
@@ -47,8 +49,12 @@ class IngestConfig:
     """Timestamp of derived (pairs, hh) events whose record has none; None means now."""
     vectorized: bool = True
     """Parse `events` sources with Arrow first; False forces the per-line path (for tests)."""
+    formats: FormatOptions = field(default_factory=FormatOptions)
+    """For the foreign formats (ingest/formats/): the score name and which values are up or down."""
 
     def __post_init__(self):
+        if isinstance(self.formats, dict):  # from a YAML mapping
+            self.formats = FormatOptions(**self.formats)
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.max_text_chars < 1:
@@ -74,6 +80,9 @@ class SourceSummary:
     partitions: list[str] = field(default_factory=list)
     emails_masked: int = 0
     phones_masked: int = 0
+    unrated: int = 0  # foreign formats: generations (or completions) no thumbs reached
+    ignored: dict[str, int] = field(default_factory=dict)  # foreign formats: scores of other names
+    rescued: int = 0  # foreign formats: earlier runs' orphan ratings that became events here
     seconds: float = 0.0
 
 
@@ -109,6 +118,9 @@ class IngestSummary:
             "quarantined": self.quarantined, "quarantined_total": sum(self.quarantined.values()),
             "partitions": sorted({p for s in self.sources for p in s.partitions}),
             "emails_masked": self.total("emails_masked"), "phones_masked": self.total("phones_masked"),
+            "unrated": self.total("unrated"), "rescued": self.total("rescued"),
+            "ignored": {k: sum(s.ignored.get(k, 0) for s in self.sources)
+                        for k in sorted({k for s in self.sources for k in s.ignored})},
             "seconds": round(self.seconds, 3),
             "sources": [asdict(s) for s in self.sources],
         }
@@ -128,6 +140,11 @@ class IngestSummary:
                 lines.append(f"  {s.source}: FAILED: {s.error}")
         for reason, n in d["quarantined"].items():
             lines.append(f"  quarantined {reason}: {n:,}")
+        if d["ignored"]:
+            lines.append("  ignored scores of other names: " + ", ".join(f"{k} {n:,}" for k, n in d["ignored"].items()))
+        if d["unrated"] or d["rescued"]:
+            lines.append(f"  {d['unrated']:,} generation(s) without a thumbs; {d['rescued']:,} earlier orphan "
+                         "rating(s) rescued")
         if d["emails_masked"] or d["phones_masked"]:
             lines.append(f"  masked {d['emails_masked']:,} e-mail(s), {d['phones_masked']:,} phone number(s)")
         return "\n".join(lines)
@@ -148,6 +165,9 @@ def ingest(sources: list[str | os.PathLike], lake: str | os.PathLike, config: In
            progress: bool = True) -> IngestSummary:
     """Ingest each source into the lake; see the module docstring."""
     config = config or IngestConfig()
+    if config.format in FOREIGN_FORMATS:  # joins across sources: ingest/formats/run.py drives the run
+        from ingest.formats.run import ingest_run
+        return ingest_run(sources, lake, config, progress)
     lake = Path(lake)
     pseudonymize = Pseudonymizer(resolve_key(config.pseudonym_key, config.insecure_dev_key))
     start = time.monotonic()

@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 from ingest.schema import ROLES, Reason
 
-FORMATS = ("events", "pairs", "hh")
+FORMATS = ("events", "pairs", "hh", "trl-kto", "langfuse", "langsmith", "otel-genai", "openai")
+FOREIGN_FORMATS = FORMATS[3:]  # read by ingest/formats/ into events records
 
 _UP_LABELS = {"up", "thumbs_up"}
 _DOWN_LABELS = {"down", "thumbs_down"}

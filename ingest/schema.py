@@ -58,3 +58,4 @@ class Reason(str, enum.Enum):
     TEXT_TOO_LONG = "text_too_long"
     DUPLICATE_EVENT_ID = "duplicate_event_id"
     BLANK_LINE = "blank_line"
+    ORPHAN_FEEDBACK = "orphan_feedback"  # a rating whose generation no source has brought (yet)

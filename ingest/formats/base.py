@@ -1,0 +1,199 @@
+"""What every foreign format is read into, before it becomes a thumbs event.
+
+A format's parser turns one JSON line into items:
+
+- `Event`: a whole thumbs event record already (TRL rows, OpenAI completions with their thumbs);
+- `Generation`: a model answer that ratings may point at, under one or more join keys;
+- `Rating`: a thumbs on the generation with key `target`, from this line or any other of the run;
+- `Trace`: the user and session of a Langfuse trace, for its observations;
+- `Ignored`: a score of another name (an LLM-as-judge metric, say), counted by name, not stored;
+- `Unrated`: a record that could have carried a thumbs and carries none;
+- `BadRow`: a record that breaks its format's shape (quarantined with the reason).
+
+A rating and its generation become one record of the thumbs `events` contract (`event_record`), and that
+record goes through the same validation as `--format events`: nothing here decides what a valid event is.
+Messages and answers are normalised from each tool's shapes to `{role, content}` and plain text first
+(`to_messages`, `to_text`); anything they cannot read is passed on unchanged, so the validator names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from ingest.records import BadRow
+from ingest.schema import Reason
+
+_ROLES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system",
+          "developer": "system"}
+_LANGCHAIN_CLASSES = {"HumanMessage": "user", "AIMessage": "assistant", "SystemMessage": "system",
+                      "HumanMessageChunk": "user", "AIMessageChunk": "assistant"}
+_TEXT_PARTS = ("text", "input_text", "output_text")
+
+
+@dataclass(slots=True)
+class Event:
+    record: dict  # a `--format events` record
+    raw: bytes | dict  # what quarantine keeps if the record is refused (a nested record: the object)
+
+
+@dataclass(slots=True)
+class Generation:
+    keys: tuple[str, ...]  # the ids a rating may name, e.g. ("obs:<id>",)
+    prompt: Any  # normalised messages, or whatever the source held
+    completion: Any
+    timestamp: str | None = None  # ISO-8601, used when the rating has none
+    user_id: Any = None
+    conversation_id: Any = None
+    model_version: Any = None
+    trace: str | None = None  # Langfuse trace id whose user and session fill the gaps
+    weak: str | None = None  # a trace-level key it answers for when the trace has no output of its own
+    rank: str = ""  # of two generations under one weak key, the higher rank (start time) wins
+    origin: int = -1  # index of the run's source that holds it
+    used: bool = False  # some rating reached it
+
+
+@dataclass(slots=True)
+class Rating:
+    event_id: str
+    target: str  # a Generation key
+    desirable: bool
+    timestamp: str | None
+    raw: bytes | dict  # the rating on its own: a line, or a nested record as an object
+    user_id: Any = None  # who rated, when the rating says so; else the generation's user
+
+
+@dataclass(slots=True)
+class Trace:
+    """A Langfuse trace's user and session, which its observations (maybe in other lines) lack."""
+    trace_id: str
+    user_id: Any
+    session_id: Any
+
+
+@dataclass(slots=True)
+class Ignored:
+    name: str
+
+
+@dataclass(slots=True)
+class Unrated:
+    pass
+
+
+def event_record(rating: Rating, gen: Generation) -> dict:
+    """The `--format events` record of a rating on a generation."""
+    record = {"event_id": rating.event_id, "timestamp": rating.timestamp or gen.timestamp,
+              "prompt": gen.prompt, "completion": gen.completion, "label": rating.desirable}
+    for name, value in (("user_id", rating.user_id if rating.user_id is not None else gen.user_id),
+                        ("conversation_id", gen.conversation_id), ("model_version", gen.model_version)):
+        if value is not None:
+            record[name] = value
+    return record
+
+
+def require(record: dict, name: str, what: str) -> Any:
+    value = record.get(name)
+    if value is None or value == "":
+        raise BadRow(Reason.MISSING_FIELD, f"{what} has no {name}")
+    return value
+
+
+def require_str(record: dict, name: str, what: str) -> str:
+    value = require(record, name, what)
+    if not isinstance(value, str):
+        raise BadRow(Reason.WRONG_TYPE, f"{what} {name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def optional_str(record: dict, name: str, what: str) -> str | None:
+    value = record.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRow(Reason.WRONG_TYPE, f"{what} {name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def nanos_to_iso(value: Any, what: str) -> str:
+    """OTLP's unix nanoseconds (a JSON string or number) to ISO-8601 UTC, microseconds kept."""
+    try:
+        nanos = int(value)
+    except (TypeError, ValueError):
+        raise BadRow(Reason.BAD_TIMESTAMP, f"{what} {value!r} is not unix nanoseconds") from None
+    try:
+        return datetime.fromtimestamp(nanos // 1000 / 1e6, timezone.utc).isoformat()
+    except (OverflowError, OSError, ValueError):
+        raise BadRow(Reason.BAD_TIMESTAMP, f"{what} {value!r} is out of range") from None
+
+
+def seconds_to_iso(value: Any, what: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRow(Reason.BAD_TIMESTAMP, f"{what} {value!r} is not unix seconds")
+    try:
+        return datetime.fromtimestamp(value, timezone.utc).isoformat()
+    except (OverflowError, OSError, ValueError):
+        raise BadRow(Reason.BAD_TIMESTAMP, f"{what} {value!r} is out of range") from None
+
+
+def to_text(content: Any) -> Any:
+    """A message's content to plain text: a string, or the text parts of a parts list joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict) and part.get("type") in _TEXT_PARTS:
+                text = part.get("text", part.get("content"))
+                if isinstance(text, str):
+                    texts.append(text)
+        if texts:
+            return "".join(texts)
+    return content
+
+
+def to_message(message: Any) -> Any:
+    """One message in any of the tools' shapes to {role, content}; unknown shapes pass unchanged."""
+    if not isinstance(message, dict):
+        return message
+    if message.get("lc") == 1 and isinstance(message.get("kwargs"), dict):  # LangChain's serialised message
+        cls = message.get("id", [""])[-1] if isinstance(message.get("id"), list) else ""
+        kwargs = message["kwargs"]
+        role = _LANGCHAIN_CLASSES.get(cls) or _ROLES.get(kwargs.get("type"), kwargs.get("type"))
+        return {"role": role, "content": to_text(kwargs.get("content"))}
+    role = message.get("role", message.get("type"))
+    content = message["parts"] if "parts" in message and "content" not in message else message.get("content")
+    return {"role": _ROLES.get(role, role) if isinstance(role, str) else role, "content": to_text(content)}
+
+
+def to_messages(value: Any) -> Any:
+    """A prompt: a string stays a string (one user message); a list of messages is normalised."""
+    if isinstance(value, list):
+        if len(value) == 1 and isinstance(value[0], list):  # LangChain batches: [[message, ...]]
+            value = value[0]
+        return [to_message(m) for m in value]
+    return value
+
+
+def to_completion(value: Any) -> Any:
+    """An answer to plain text, from a string, a message, a one-message list or an OpenAI/LangChain output."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, dict):
+        if isinstance(value.get("choices"), list) and value["choices"]:  # an OpenAI response
+            return to_completion(value["choices"][0].get("message") if isinstance(value["choices"][0], dict)
+                                 else value["choices"][0])
+        if isinstance(value.get("generations"), list) and value["generations"]:  # LangChain LLMResult
+            first = value["generations"][0]
+            first = first[0] if isinstance(first, list) and first else first
+            if isinstance(first, dict):
+                return to_completion(first.get("message") or first.get("text"))
+        if "messages" in value and isinstance(value["messages"], list) and value["messages"]:
+            return to_completion(value["messages"][-1])
+        message = to_message(value)
+        if isinstance(message, dict) and message.get("role") in (None, "assistant"):
+            return message.get("content")
+    return value
