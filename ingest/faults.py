@@ -58,9 +58,10 @@ def fault_point(name: str) -> None:
 class DiskFull(OSError):
     """No space (or quota) left on the device holding `path`; nothing half-written was kept."""
 
-    def __init__(self, path: str | os.PathLike, err: OSError):
+    def __init__(self, path: str | os.PathLike, err: BaseException):
         self.path = str(path)
-        super().__init__(err.errno, f"no space left on the device holding {self.path} ({os.strerror(err.errno)}). "
+        code = getattr(err, "errno", None) or errno.ENOSPC
+        super().__init__(code, f"no space left on the device holding {self.path} ({os.strerror(code)}). "
                                     "Nothing half-written was kept: free space there (or choose another folder) "
                                     "and run the same command again")
 
@@ -69,7 +70,10 @@ class DiskFull(OSError):
 
 
 def is_disk_full(err: BaseException) -> bool:
-    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    # Writers in other languages report the OS error in their message (safetensors: "...(os error 28)").
+    return any(text in str(err) for text in (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT)))
 
 
 def as_disk_full(path: str | os.PathLike, err: BaseException) -> DiskFull | None:
@@ -94,7 +98,7 @@ def disk_full(path: str | os.PathLike) -> Iterator[None]:
         yield
     except DiskFull:
         raise
-    except OSError as err:
+    except Exception as err:
         if is_disk_full(err):
             raise DiskFull(path, err) from err
         raise

@@ -43,7 +43,7 @@ def train_command(
     except (ValueError, TypeError, FileNotFoundError, DataError, TrainingError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1 if isinstance(err, Diverged) else 2)  # 2: change the command or the data; 1: the run failed
-    except OSError as err:
+    except Exception as err:  # noqa: BLE001  (only a full disk is handled here; the rest re-raised)
         full = as_disk_full(out, err)  # checkpoints name themselves; the final adapter's files are under OUT
         if full is None:
             raise
