@@ -26,6 +26,7 @@ import json
 import os
 import posixpath
 import re
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -41,7 +42,8 @@ ALIASES = "aliases.json"
 MANIFEST = "manifest.json"
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 LOCK_TIMEOUT_S = 120.0
-STALE_REMOTE_LOCK_S = 900.0
+LEASE_ENV = "THUMBS_REGISTRY_LEASE_S"  # how long a dead writer's remote lease blocks others (renewed while alive)
+DEFAULT_LEASE_S = 60.0
 
 
 class RegistryError(RuntimeError):
@@ -225,17 +227,17 @@ class Registry:
         # A lease, taken by creating the next object in .locks/ with an atomic create-if-absent (S3
         # If-None-Match: *; a local or memory file opened exclusively): of two writers, one gets the
         # object and the other a FileExistsError. The lease is free when its holder wrote a `.released`
-        # marker, or expired when the holder died (after STALE_REMOTE_LOCK_S). Before the alias write
-        # `still_holds_lock` checks that the lease was not taken over.
+        # marker, or expired: a live holder renews its lease every third of THUMBS_REGISTRY_LEASE_S, so a
+        # killed one blocks others for at most that long. Before the alias write `still_holds_lock` checks
+        # that the lease was not taken over.
         deadline = time.monotonic() + timeout
+        lease_s = float(os.environ.get(LEASE_ENV) or DEFAULT_LEASE_S)
         while True:
             epoch, free = self._lock_epoch()
             if free:
                 name = f"{epoch + 1:012d}"
-                lease = json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "at": time.time(),
-                                    "expires": time.time() + STALE_REMOTE_LOCK_S}).encode()
                 try:
-                    self.fs.pipe_file(self.path(".locks", name), lease, mode="create")
+                    self.fs.pipe_file(self.path(".locks", name), _lease(lease_s), mode="create")
                     break
                 except FileExistsError:
                     pass  # another writer took this lease first
@@ -248,11 +250,22 @@ class Registry:
             for suffix in ("", ".released"):
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm_file(self.path(".locks", f"{old:012d}{suffix}"))
+        stop = threading.Event()
+        renewer = threading.Thread(target=self._renew, args=(self.path(".locks", f"{epoch + 1:012d}"), lease_s, stop),
+                                   daemon=True)
+        renewer.start()
         try:
             yield
         finally:
+            stop.set()
+            renewer.join()
             self._lease = None
             self.fs.pipe_file(self.path(".locks", f"{epoch + 1:012d}.released"), b"")
+
+    def _renew(self, path: str, lease_s: float, stop: threading.Event) -> None:
+        while not stop.wait(lease_s / 3):
+            if self.still_holds_lock():
+                self.fs.pipe_file(path, _lease(lease_s))
 
     def _lock_epoch(self) -> tuple:
         """(the newest lease's number, whether it is free to take)."""
@@ -349,6 +362,11 @@ def _ever_live(aliases: dict) -> set:
 def _protocols(fs) -> tuple:
     protocol = fs.protocol
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _lease(seconds: float) -> bytes:
+    return json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "at": time.time(),
+                       "expires": time.time() + seconds}).encode()
 
 
 def _sha256(handle) -> str:
