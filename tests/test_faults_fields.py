@@ -184,8 +184,8 @@ def test_a_byte_order_mark_opens_a_file_but_elsewhere_is_bad_json(tmp_path):
 
 
 @pytest.mark.slow
-@settings(max_examples=int(os.environ.get("THUMBS_FUZZ_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("THUMBS_FUZZ_EXAMPLES", 150)), deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 @given(data=event_file())
 @example(data=OUT_OF_RANGE)
 @example(data=b'{"event_id": "a", "timestamp": "2026-11-20T03:12:45Z", "prompt": "p", "completion": "c\xff", '
