@@ -79,6 +79,13 @@ def held_interval(client, run) -> tuple:
     return min(t.start_time for t in tasks if t.start_time), max(t.end_time for t in tasks if t.end_time)
 
 
+def stage_started(client, run_id, name: str) -> bool:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    return any(t.name.startswith(name) and t.start_time for t in tasks)
+
+
 def test_concurrent_runs_on_a_postgres_backed_server_and_a_server_restart(postgres, style_snapshot, tiny_model,
                                                                            tmp_path):
     from prefect import get_client
@@ -137,9 +144,9 @@ def test_concurrent_runs_on_a_postgres_backed_server_and_a_server_restart(postgr
             restart = run_deployment("thumbs-nightly-retrain/adhoc",
                                      parameters={"params": dict(defaults, model_name="c")}, timeout=0).id
             deadline = time.monotonic() + 300
-            while not (client.read_flow_run(restart).state.is_running()):
-                assert time.monotonic() < deadline
-                time.sleep(1)
+            while not stage_started(client, restart, "train"):  # past the lock, mid-run
+                assert time.monotonic() < deadline and not client.read_flow_run(restart).state.is_final()
+                time.sleep(0.5)
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(30)
         server = start_server(port, tmp_path / "server.log")
