@@ -14,15 +14,18 @@ registry_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ins
 
 
 def _fail(err: Exception) -> None:
+    from ingest.faults import DiskFull
+
     typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(1 if isinstance(err, DiskFull) else 2)  # 1: free space and re-run; 2: change the command
 
 
 def _errors() -> tuple:
     from deploy.registry import RegistryError
     from evaluation.evaluate import EvaluationError
+    from ingest.faults import DiskFull
 
-    return RegistryError, EvaluationError, ValueError, FileNotFoundError
+    return RegistryError, EvaluationError, ValueError, FileNotFoundError, DiskFull
 
 
 def promote_command(

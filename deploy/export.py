@@ -11,7 +11,8 @@ merged: the adapter merged into a bf16/fp16 copy of the base loaded from its ori
 
 serving.json records the base model and its weight hash, the rank, the chat template training used
 (a Jinja equivalent of the plain HH template when the tokenizer has none) and ready-to-paste vLLM and
-transformers snippets. The folder is written under a temp name and swapped in, so a re-run replaces it whole.
+transformers snippets. The folder is written under a temp name and swapped in, so a re-run replaces it whole;
+a full disk raises DiskFull naming `--out`, with the temp folder removed and the old export left serving.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from deploy.registry import Registry, RegistryError
+from ingest.faults import as_disk_full, fault_point
 from training.model import resolve_model_path, weights_fingerprint
 
 FORMATS = ("peft", "merged")
@@ -52,6 +54,8 @@ def export(registry: Registry, ref: str, fmt: str, out: Path, *, dtype: str = "b
     version = registry.resolve(ref)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
     with tempfile.TemporaryDirectory(prefix=".thumbs-export-") as scratch, \
             registry.checkout(version, Path(scratch)) as source:
         meta = json.loads((source / "thumbs_meta.json").read_text())
@@ -64,10 +68,14 @@ def export(registry: Registry, ref: str, fmt: str, out: Path, *, dtype: str = "b
             else:
                 _merge(source, meta, staging, dtype, base_model, log)
             serving = _serving(registry, version, fmt, dtype, config, meta, source, out)
+            fault_point("export.mid_copy")  # the weights copied, serving.json not yet: all of it is in staging
             (staging / "serving.json").write_text(json.dumps(serving, indent=2))
             _swap_in(staging, out)
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(staging, ignore_errors=True)
+            full = as_disk_full(out, err)
+            if full is not None:
+                raise full from err
             raise
     log(f"export: {registry.name} {version} ({ref}) as {fmt} -> {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return serving

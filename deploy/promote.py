@@ -20,6 +20,7 @@ from typing import Callable, Optional
 from deploy.registry import DECISION, Registry, RegistryError, with_production, without_production
 from evaluation.evaluate import EVAL_FILE, EvalConfig, evaluate, read_adapter
 from evaluation.promotion import PromotionPolicy, decide_promotion
+from ingest.faults import fault_point
 
 
 def adapter_sha256(adapter: Path) -> str:
@@ -60,7 +61,9 @@ def promote(adapter: Path, registry: Registry, policy: PromotionPolicy, *, force
             ever_live = any(e.get("version") == existing for e in aliases["events"])
             if (record["promote"] or record.get("forced")) and not ever_live \
                     and aliases["production"] == evaluated_against:
-                # Registered, but the alias write never happened (a crash or I/O error in between): finish it.
+                # Registered, but the alias write never happened (a crash or I/O error in between): finish it,
+                # if its files are still those its manifest lists (a damaged copy never becomes production).
+                registry.verify(existing)
                 action = "force" if record.get("forced") else "promote"
                 registry.write_aliases(with_production(aliases, existing, action, replaced=aliases["production"]))
                 log(f"promote: {existing} was registered but never made production; it is now")
@@ -75,6 +78,7 @@ def promote(adapter: Path, registry: Registry, policy: PromotionPolicy, *, force
         decision = decide_promotion(evaluation["candidate"], evaluation.get("incumbent"), policy)
         record = dict(decision.to_dict(), adapter_sha256=sha, source=str(adapter), forced=force and not decision.promote)
         version = registry.add_version(adapter, record)
+        fault_point("promote.before_alias")  # registered, not yet production: a retry finishes it
         live = decision.promote or force
         if live:
             registry.write_aliases(with_production(aliases, version, "force" if record["forced"] else "promote",
@@ -110,7 +114,7 @@ def _read_eval(adapter: Path) -> dict:
 
 
 def _registered(registry: Registry, sha: str) -> Optional[str]:
-    for version in registry.versions():
+    for version in reversed(registry.versions()):  # the newest copy, if a damaged one was registered again
         if (registry.read_json(version, DECISION) or {}).get("adapter_sha256") == sha:
             return version
     return None

@@ -109,7 +109,7 @@ def ingest_feedback(params: RetrainParams) -> dict:
     from ingest.job import IngestConfig, ingest
 
     sources = _expand(params.sources)
-    summary = ingest(sources, params.path("lake"), IngestConfig(format=params.source_format,
+    summary = ingest(sources, params.path("lake"), IngestConfig(format=params.source_format, scrub_pii=params.scrub_pii,
                                                                 insecure_dev_key=params.insecure_dev_key),
                      progress=False)
     _log()(summary.render())

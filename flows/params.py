@@ -38,6 +38,8 @@ class RetrainParams(BaseModel):
     window_days: Optional[int] = Field(None, ge=1, description=(
         "Train on feedback from the last N days (by event date); empty = the whole lake."))
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="Share of prompts held out for evaluation.")
+    scrub_pii: bool = Field(False, description=(
+        "Mask e-mail addresses and phone numbers in prompts and completions at ingest ([EMAIL], [PHONE])."))
     insecure_dev_key: bool = Field(False, description=(
         "Pseudonymise user ids with the public development key (demos only); production sets THUMBS_PSEUDONYM_KEY."))
 

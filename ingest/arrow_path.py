@@ -10,6 +10,8 @@ decides and explains. A test feeds the hostile corpus through both and compares 
 from __future__ import annotations
 
 import io
+import re
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,6 +19,7 @@ import pyarrow.json as pj
 
 from ingest.privacy import Pseudonymizer, scrub_array
 from ingest.schema import FEEDBACK_SCHEMA, MESSAGE_TYPE, ROLES
+from ingest.sources import UTF8_BOM
 
 _STRING_FIELDS = ("event_id", "timestamp", "completion", "user_id", "conversation_id", "model_version")
 _PARSE = pj.ParseOptions(
@@ -30,13 +33,46 @@ _UP, _DOWN = ["up", "thumbs_up"], ["down", "thumbs_down"]
 
 
 def _read(block: bytes, n_lines: int) -> pa.Table | None:
+    # Arrow skips blank lines and reads two objects on one line as two rows: line numbers would drift, and
+    # one of each in a block would even keep the row count. A block with a blank line goes per line.
+    if _has_blank_line(block) or block.startswith(UTF8_BOM):  # Arrow skips a BOM there; elsewhere it is bad JSON
+        return None
     try:
         table = pj.read_json(io.BytesIO(block), read_options=pj.ReadOptions(block_size=_ARROW_BLOCK),
                              parse_options=_PARSE)
+        # Arrow's JSON reader checks neither the UTF-8 of string values nor that of key names: an invalid
+        # byte would reach Parquet (values) or crash later (names). Full validation checks the values.
+        table.validate(full=True)
+        if not _names_are_utf8(list(table.schema)):
+            return None
     except (pa.ArrowInvalid, UnicodeDecodeError):
         return None
-    # Arrow skips blank lines and reads two objects on one line as two rows: line numbers would drift.
     return table if table.num_rows == n_lines else None
+
+
+_BLANK_INNER_LINE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")  # starts with a literal: as fast as counting lines
+
+
+def _has_blank_line(block: bytes) -> bool:
+    """Whether a line is empty or whitespace only (what `records.line_to_rows` calls blank)."""
+    first, last = block.find(b"\n"), block.rfind(b"\n")
+    head, tail = block[:first] if first >= 0 else block, block[last + 1:]
+    return not head.strip() or not tail.strip() or _BLANK_INNER_LINE.search(block) is not None
+
+
+def _names_are_utf8(fields) -> bool:
+    """Whether every field name here and in nested structs and lists is valid UTF-8."""
+    for f in fields:
+        try:
+            f.name
+        except UnicodeDecodeError:
+            return False
+        t = f.type
+        while pa.types.is_list(t) or pa.types.is_large_list(t):
+            t = t.value_type
+        if pa.types.is_struct(t) and not _names_are_utf8(list(t)):
+            return False
+    return True
 
 
 def _prompt_column(prompt: pa.ChunkedArray, ok: pa.Array) -> tuple[pa.Array, pa.Array] | None:
@@ -97,6 +133,17 @@ def _timestamp_column(ts: pa.Array) -> pa.Array | None:
     return None
 
 
+# Python's datetime, which every later stage reads timestamps into, holds years 1-9999 only; Arrow's cast
+# happily yields "10000-01-01" from "9999-12-31T23:59:59-01:00". Such rows go to the per-line path.
+_TS_MIN = pa.scalar(datetime(1, 1, 1, tzinfo=timezone.utc), pa.timestamp("us", tz="UTC"))
+_TS_MAX = pa.scalar(datetime.max.replace(tzinfo=timezone.utc), pa.timestamp("us", tz="UTC"))
+
+
+def _timestamp_in_range(ts: pa.Array) -> pa.Array:
+    inside = pc.and_(pc.greater_equal(ts, _TS_MIN), pc.less_equal(ts, _TS_MAX))
+    return pc.fill_null(inside, False)
+
+
 def _text_ok(texts: pa.Array, limit: int) -> pa.Array:
     return pc.fill_null(pc.less_equal(pc.utf8_length(texts), limit), True)
 
@@ -133,6 +180,7 @@ def parse_block(block: bytes, n_lines: int, first_line: int, source: str, max_te
         return None
     desirable, label_ok = label
     prompt, ok = prompt
+    ok = pc.and_(ok, _timestamp_in_range(timestamp))
     trimmed = pc.utf8_length(pc.utf8_trim_whitespace(col["completion"]))
     ok = pc.and_(ok, pc.and_(label_ok, pc.fill_null(pc.greater(trimmed, 0), False)))
     # Rows the per-line path treats specially (empty optional strings) or that are over a limit.

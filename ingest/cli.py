@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from ingest.faults import DiskFull
 from ingest.job import IngestConfig, ingest
 from ingest.privacy import MissingKeyError
 from ingest.records import FORMATS, parse_timestamp, BadRow
@@ -52,6 +53,9 @@ def ingest_command(
     except (ValueError, MissingKeyError, BadRow) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
+    except DiskFull as err:  # sources finished before it stay ingested; the one being written left nothing
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
     else:
@@ -104,6 +108,9 @@ def curate_command(
     except (ValueError, TypeError, CurateError, InsufficientData) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
+    except DiskFull as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
     if json_out:
         typer.echo(json.dumps(stats, indent=2, sort_keys=True))
         return

@@ -40,8 +40,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from ingest.balance import class_weights
+from ingest.faults import as_disk_full, fault_point, one_error_for_disk_full
 from ingest.curation import CURATED_SCHEMA, CurateConfig, add_keys, resolve, split_by_bucket, sum_counts
-from ingest.lake import FEEDBACK_DIR
+from ingest.lake import FEEDBACK_DIR, committed
 from ingest.manifest import check_stats, describe_files, write_manifest
 from ingest.schema import FEEDBACK_SCHEMA
 
@@ -149,7 +150,7 @@ def partition_files(lake: str | Path, since: date | None, until: date | None) ->
     for part in sorted(root.glob("date=*")):
         day = date.fromisoformat(part.name.split("=", 1)[1])
         if (since is None or day >= since) and (until is None or day <= until):
-            files.extend(sorted(p for p in part.glob("*.parquet") if not p.name.startswith(".")))
+            files.extend(committed(sorted(part.glob("*.parquet")), lake))  # sources whose ingest finished
     return files
 
 
@@ -199,19 +200,23 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{sid}.", dir=out))
     try:
-        with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
+        with one_error_for_disk_full(), beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
             _ = pipeline | Curate([str(f) for f in files], str(work), config, writer)
         stats = _stats(sid, _read_counts(work, runner), config, since, until, files, lake)
         _prove(work, stats, runner, n_rows)
         (work / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        fault_point("curate.mid_snapshot")  # every file written, the snapshot not yet renamed into place
         try:
             os.rename(work, final)
         except OSError:
             if not (final / "stats.json").exists():
                 raise
             shutil.rmtree(work)  # another run finished the same snapshot first: it is identical
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(work, ignore_errors=True)
+        full = as_disk_full(out, err)
+        if full is not None:
+            raise full from err
         raise
     return {**stats, "path": str(final), "reused": False}
 

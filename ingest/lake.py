@@ -5,8 +5,11 @@
     LAKE/_sources/<source sha256>.json                                  one per finished source
 
 Every file is written under a hidden temporary name (readers skip names starting with '.') and
-renamed into place. A source's record is written last, so a run killed half-way leaves only files
-a re-run overwrites with the same content under the same names: nothing partial, nothing twice.
+renamed into place. A source's record is written last and is its commit: readers (`feedback_dataset`,
+`quarantine_table`, curate) take only files of recorded sources, so a run killed between two renames
+shows nothing of its source, and the re-run writes the same content under the same names: nothing
+partial, nothing twice. A full disk raises `DiskFull` naming the file, after removing what the source
+had written.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from ingest.faults import disk_full, fault_point
 from ingest.schema import FEEDBACK_SCHEMA, QUARANTINE_SCHEMA
 
 FEEDBACK_DIR = "feedback"
@@ -33,12 +37,16 @@ COMPRESSION = "zstd"
 def write_json_atomic(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with disk_full(path), os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class AtomicParquet:
@@ -48,22 +56,28 @@ class AtomicParquet:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-        self._writer = pq.ParquetWriter(self._tmp, schema, compression=COMPRESSION)
+        with disk_full(path):
+            self._writer = pq.ParquetWriter(self._tmp, schema, compression=COMPRESSION)
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:
-            self._writer.write_table(table)
+            with disk_full(self.path):
+                self._writer.write_table(table)
             self.rows += table.num_rows
 
     def commit(self) -> None:
-        self._writer.close()
-        with open(self._tmp, "rb") as f:
-            os.fsync(f.fileno())
+        with disk_full(self.path):
+            self._writer.close()
+            with open(self._tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
-        self._writer.close()
+        try:
+            self._writer.close()
+        except OSError:  # the disk that failed a write may fail the close too; the file goes anyway
+            pass
         self._tmp.unlink(missing_ok=True)
 
 
@@ -75,8 +89,10 @@ class SourceWriter:
         self.sha = source_sha256
         self._partitions: dict[date, AtomicParquet] = {}
         self._quarantine: AtomicParquet | None = None
+        self._committed: list[Path] = []
         # A run of this source killed earlier may have left temporary files: they were never visible.
-        for stale in lake.glob(f"*/**/.*{source_sha256[:16]}.parquet.*.tmp"):
+        for stale in [*lake.glob(f"*/**/.*{source_sha256[:16]}.parquet.*.tmp"),
+                      *lake.glob(f"{SOURCES_DIR}/.{source_sha256}.json.*.tmp")]:
             stale.unlink(missing_ok=True)
 
     def write_rows(self, rows: pa.Table) -> None:
@@ -91,6 +107,7 @@ class SourceWriter:
                 path = self.lake / FEEDBACK_DIR / f"date={day.isoformat()}" / f"part-{self.sha[:16]}.parquet"
                 writer = self._partitions[day] = AtomicParquet(path, FEEDBACK_SCHEMA)
             writer.write(part)
+            fault_point("ingest.mid_partition")
 
     def write_quarantine(self, rows: pa.Table) -> None:
         if not rows.num_rows:
@@ -104,12 +121,17 @@ class SourceWriter:
         """Rename every file into place, then record the source as done. Returns the partitions."""
         for writer in self._all():
             writer.commit()
+            self._committed.append(writer.path)
+            fault_point("ingest.mid_commit")  # files in place, the source not yet recorded: readers skip them
         write_json_atomic(self.lake / SOURCES_DIR / f"{self.sha}.json", record)
         return sorted(f"date={day.isoformat()}" for day in self._partitions)
 
     def abort(self) -> None:
+        """Remove everything of this source: temp files, and files renamed into place before the record."""
         for writer in self._all():
             writer.abort()
+        for path in self._committed:
+            path.unlink(missing_ok=True)
 
     def _all(self) -> list[AtomicParquet]:
         return list(self._partitions.values()) + ([self._quarantine] if self._quarantine else [])
@@ -122,15 +144,30 @@ def ingested_record(lake: Path, source_sha256: str) -> dict | None:
     return json.loads(path.read_text())
 
 
+def recorded_prefixes(lake: Path | str) -> set[str]:
+    """The file-name prefixes (sha256[:16]) of the sources whose record is written: the committed ones."""
+    folder = Path(lake) / SOURCES_DIR
+    return {p.name[:16] for p in folder.glob("*.json") if not p.name.startswith(".")} if folder.is_dir() else set()
+
+
+def committed(files, lake: Path | str) -> list[Path]:
+    """`files` of the lake (part-<prefix>.parquet, <prefix>.parquet) that belong to a recorded source."""
+    prefixes = recorded_prefixes(lake)
+    return [Path(f) for f in files if not Path(f).name.startswith(".")
+            and Path(f).name.removeprefix("part-")[:16] in prefixes]
+
+
 def feedback_dataset(lake: Path | str) -> ds.Dataset:
-    """The lake's accepted events as one Arrow dataset, partitioned by `date`."""
+    """The lake's accepted events (recorded sources only) as one Arrow dataset, partitioned by `date`."""
     schema = FEEDBACK_SCHEMA.append(pa.field("date", pa.string()))
-    return ds.dataset(Path(lake) / FEEDBACK_DIR, schema=schema, format="parquet",
+    root = Path(lake) / FEEDBACK_DIR
+    files = committed(sorted(root.glob("date=*/*.parquet")), lake)
+    return ds.dataset([str(f) for f in files], schema=schema, format="parquet", partition_base_dir=str(root),
                       partitioning=ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive"))
 
 
 def quarantine_table(lake: Path | str) -> pa.Table:
-    path = Path(lake) / QUARANTINE_DIR
-    if not path.exists():
+    files = committed(sorted((Path(lake) / QUARANTINE_DIR).glob("*.parquet")), lake)
+    if not files:
         return QUARANTINE_SCHEMA.empty_table()
-    return ds.dataset(path, schema=QUARANTINE_SCHEMA, format="parquet").to_table()
+    return ds.dataset([str(f) for f in files], schema=QUARANTINE_SCHEMA, format="parquet").to_table()

@@ -74,7 +74,10 @@ def parse_timestamp(value: Any) -> datetime:
         raise BadRow(Reason.BAD_TIMESTAMP, f"timestamp {value[:64]!r} is not ISO-8601") from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # valid ISO-8601 whose UTC value leaves years 1-9999 ("9999-12-31T23:59:59-01:00")
+        raise BadRow(Reason.BAD_TIMESTAMP, f"timestamp {value[:64]!r} is outside years 1-9999 in UTC") from None
 
 
 def parse_prompt(value: Any) -> list[dict[str, str]]:

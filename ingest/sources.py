@@ -1,5 +1,6 @@
 """Read a JSONL source (plain or .gz) as blocks of whole lines, with line numbers and bounded memory.
 
+A UTF-8 byte-order mark at the start of the file is dropped (a BOM anywhere else is part of its line).
 A line longer than `max_line_bytes` is never held whole: it comes back as an `OversizedLine` holding
 its first bytes, and reading resumes at the next newline.
 """
@@ -14,6 +15,7 @@ from typing import BinaryIO, Callable, Iterator
 
 BLOCK_BYTES = 16 << 20
 RAW_KEEP_BYTES = 64 << 10  # of an oversized line, what quarantine keeps
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -73,7 +75,10 @@ def read_blocks(path: str, max_line_bytes: int, block_bytes: int = BLOCK_BYTES,
 
 def _split(stream: BinaryIO, max_line_bytes: int, block_bytes: int,
            report: Callable[[], None]) -> Iterator[Block | OversizedLine]:
-    line_no, carry = 1, b""
+    # A UTF-8 byte-order mark opening the file marks its encoding; it is not part of line 1.
+    line_no, carry = 1, stream.read(len(UTF8_BOM))
+    if carry == UTF8_BOM:
+        carry = b""
     skipping: OversizedLine | None = None  # inside an oversized line, dropping bytes until its newline
     while True:
         chunk = stream.read(block_bytes)

@@ -1,7 +1,9 @@
 """Resumable checkpoints: adapter weights, optimizer, scheduler, RNG and the data position, every N steps.
 
 Each checkpoint is built in a hidden temp folder and renamed into `OUT/checkpoints/step-NNNNNNN/`,
-so a kill at any moment leaves either the previous checkpoint or the new one, never half of one.
+so a kill at any moment leaves either the previous checkpoint or the new one, never half of one. A
+full disk raises `DiskFull` naming the checkpoint, with the temp folder removed and the previous
+checkpoints kept: after freeing space, `--resume` continues from the last one.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ingest.faults import disk_full, fault_point
 
 STATE = "trainer_state.json"
 
@@ -32,15 +36,22 @@ def save(out: Path, step: int, model: torch.nn.Module, optimizer, scheduler, sta
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-step-{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    adapter = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-    save_file(adapter, str(tmp / "adapter.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-               tmp / "optimizer.pt")
-    (tmp / STATE).write_text(json.dumps(dict(state, step=step), indent=2, sort_keys=True))  # written last
+    for stale in root.glob(".tmp-step-*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        with disk_full(final):
+            tmp.mkdir()
+            adapter = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+            save_file(adapter, str(tmp / "adapter.safetensors"))
+            fault_point("train.mid_checkpoint")
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng_cpu": torch.get_rng_state(),
+                        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                       tmp / "optimizer.pt")
+            (tmp / STATE).write_text(json.dumps(dict(state, step=step), indent=2, sort_keys=True))  # written last
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

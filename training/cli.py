@@ -30,6 +30,7 @@ def train_command(
     json_out: bool = typer.Option(False, "--json", help="Print the run's summary as JSON on stdout."),
 ) -> None:
     """Train a LoRA adapter with KTO on a snapshot's thumbs-up/down examples."""
+    from ingest.faults import as_disk_full
     from training.config import TrainConfig
     from training.data import DataError
     from training.trainer import Diverged, TrainingError, train
@@ -43,6 +44,12 @@ def train_command(
     except (ValueError, TypeError, FileNotFoundError, DataError, TrainingError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1 if isinstance(err, Diverged) else 2)  # 2: change the command or the data; 1: the run failed
+    except Exception as err:  # noqa: BLE001  (only a full disk is handled here; the rest re-raised)
+        full = as_disk_full(out, err)  # checkpoints name themselves; the final adapter's files are under OUT
+        if full is None:
+            raise
+        typer.echo(f"error: {full}", err=True)
+        raise typer.Exit(1)
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
 

@@ -1,0 +1,74 @@
+"""Helpers for the fault tests: run `thumbs` in a subprocess, kill it at a named fault point, compare trees."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env(**extra) -> dict:
+    out = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
+    out.pop("THUMBS_FAULT", None)
+    out.update(extra)
+    return out
+
+
+def thumbs(*args, extra_env: dict | None = None, timeout: float = 600, preamble: str = "") -> subprocess.CompletedProcess:
+    """`thumbs ARGS` to the end; `preamble` is Python run first in the process (to install a hook)."""
+    cmd = [sys.executable, "-c", f"{preamble}\nfrom flows.cli import app\napp()", *map(str, args)]
+    return subprocess.run(cmd, env=env(**(extra_env or {})), capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+def kill_at(point: str, *args, workdir: Path, extra_env: dict | None = None, preamble: str = "",
+            timeout: float = 600) -> None:
+    """Run `thumbs ARGS` until it reaches fault point `point` (NAME or NAME@N), then SIGKILL it there.
+
+    The process announces the point by writing a marker file and blocks; this waits for that file, so the
+    kill lands exactly at the point, and fails if the process ends without reaching it."""
+    markers = workdir / f"fault-{point.replace('@', '-')}"
+    markers.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-c", f"{preamble}\nfrom flows.cli import app\napp()", *map(str, args)]
+    log = (markers / "log").open("wb")
+    proc = subprocess.Popen(cmd, env=env(**(extra_env or {}), THUMBS_FAULT=point, THUMBS_FAULT_DIR=str(markers)),
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    marker = markers / f"{point.split('@')[0]}.pid"
+    deadline = time.monotonic() + timeout
+    try:
+        while not marker.exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"thumbs {args[0]} ended (exit {proc.returncode}) before reaching fault point "
+                                     f"{point}:\n{(markers / 'log').read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fault point {point} not reached in {timeout}s")
+            time.sleep(0.02)
+        assert int(marker.read_text()) == proc.pid
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def tree(root: Path, skip: tuple = ()) -> dict:
+    """{relative path: sha256} of every file under root; `skip`: names whose content is not compared."""
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_file():
+            rel = str(p.relative_to(root))
+            out[rel] = None if p.name in skip else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def visible(files: dict) -> dict:
+    """The entries no reader skips: no path component starting with '.'."""
+    return {k: v for k, v in files.items() if not any(part.startswith(".") for part in Path(k).parts)}
