@@ -35,8 +35,7 @@ LORA_MODULES = {
     "Phi3ForCausalLM": frozenset({"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}) | _EMBEDDINGS,  # fused in HF too
 }
 # Architectures vLLM serves, but without LoRA ("... does not support LoRA yet"): only the merged export works.
-NO_LORA = ("GPT2LMHeadModel", "GPTJForCausalLM", "BloomForCausalLM", "FalconForCausalLM", "StableLmForCausalLM",
-           "OPTForCausalLM")
+NO_LORA = ("GPT2LMHeadModel", "GPTJForCausalLM", "BloomForCausalLM", "FalconForCausalLM", "StableLmForCausalLM")
 # init_lora_weights values that rewrite the base when peft loads the adapter; vLLM refuses them.
 _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
 _LORA_TENSOR = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(\.|$)")

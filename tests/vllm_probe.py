@@ -43,10 +43,11 @@ def inspect(request: dict) -> dict:
         module, name = _TEXT_GENERATION_MODELS[arch]
         source = importlib.import_module(f"vllm.model_executor.models.{module}")
         cls = getattr(source, name)
-        text = pyinspect.getsource(source)
-        for base in cls.__mro__[1:]:  # o_proj / down_proj may be built by the parent's layers
-            if base.__module__.startswith("vllm.model_executor.models"):
-                text += pyinspect.getsource(sys.modules[base.__module__])
+        # The layers (o_proj, down_proj, ...) may be built by classes of other model files (Qwen3 uses
+        # Qwen2's MLP, Phi3 is a Llama): read every model file the architecture's own file draws on.
+        files = {source.__name__} | {getattr(v, "__module__", "") for v in vars(source).values()}
+        text = "".join(pyinspect.getsource(sys.modules[f]) for f in sorted(files)
+                       if f.startswith("vllm.model_executor.models") and f in sys.modules)
         found[arch] = {"supports_lora": bool(supports_lora(cls)),
                        "packed": getattr(cls, "packed_modules_mapping", None) or {},
                        "embeddings": sorted(getattr(cls, "embedding_modules", None) or {}),
