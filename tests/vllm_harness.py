@@ -32,8 +32,8 @@ MAX_LORA_RANK = 16  # the session server's --max-lora-rank
 def vllm_python() -> str:
     """The vLLM venv's interpreter; skip (or, under `make test`, fail) when there is none."""
     python = Path(os.environ.get("THUMBS_VLLM_PYTHON") or ROOT / ".venv-vllm" / "bin" / "python")
-    ready = python.is_file() and (os.environ.get("THUMBS_VLLM_PYTHON") or
-                                  (python.parents[1] / ".vllm-installed").is_file())
+    ready = python.is_file() and bool(os.environ.get("THUMBS_VLLM_PYTHON") or
+                                      list(python.parents[1].glob(".installed-*")))  # the Makefile's stamp
     if not ready:
         why = f"no vLLM venv at {python} (build it with `make vllm-venv`)"
         if os.environ.get("THUMBS_REQUIRE_VLLM"):
