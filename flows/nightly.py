@@ -222,16 +222,32 @@ def export_production(params: RetrainParams) -> Optional[dict]:
     if params.export_format == "none" or production is None:
         return None
     current = json.loads((out / "serving.json").read_text()) if (out / "serving.json").is_file() else {}
-    if (current.get("version"), current.get("format"), current.get("registry"), current.get("name")) == \
-            (production, params.export_format, registry.url, registry.name):
-        return None  # what is exported is production already
+    exported = None
+    if (current.get("version"), current.get("format"), current.get("registry"), current.get("name")) != \
+            (production, params.export_format, registry.url, registry.name):  # else: exported already
+        try:
+            exported = export(registry, "production", params.export_format, out, base_model=params.base_model,
+                              max_lora_rank=params.max_lora_rank, for_vllm=bool(params.notify), log=_log())
+        except Exception as err:
+            raise RuntimeError(f"{err}; production is {production} in the registry but {out} still holds "
+                               f"{current.get('version') or 'nothing'}: the next run exports it again, or run "
+                               f"`thumbs export production --registry {registry.url} --name {registry.name} "
+                               f"--format {params.export_format} --out {out}`") from err
+    if params.notify:  # every run, not only after an export: a server that missed the last one catches up
+        return dict(exported or {}, served=_notify_server(params, out, production, registry))
+    return exported
+
+
+def _notify_server(params: RetrainParams, out: Path, production: str, registry) -> dict:
+    from deploy.serving import ServingError, publish
+
     try:
-        return export(registry, "production", params.export_format, out, base_model=params.base_model, log=_log())
-    except Exception as err:
-        raise RuntimeError(f"{err}; production is {production} in the registry but {out} still holds "
-                           f"{current.get('version') or 'nothing'}: the next run exports it again, or run "
-                           f"`thumbs export production --registry {registry.url} --name {registry.name} "
-                           f"--format {params.export_format} --out {out}`") from err
+        return publish(params.notify, out, alias=params.notify_alias, log=_log())
+    except ServingError as err:
+        raise RuntimeError(f"notify failed: {err}. Production is {production} in the registry and exported to "
+                           f"{out}; the next run notifies again, or run `thumbs export production --registry "
+                           f"{registry.url} --name {registry.name} --out {out} --notify {params.notify} "
+                           f"--alias {params.notify_alias}`") from err
 
 
 @task(name="publish")
@@ -301,6 +317,7 @@ def summarize(ingested, snapshot, trained, evaluation, record, exported, out) ->
         "auc": candidate["preference"]["auc"], "incumbent_auc": incumbent["preference"]["auc"] if incumbent else None,
         "version": record["version"], "promoted": bool(record.get("promote")), "reasons": record.get("reasons", []),
         "exported": (exported or {}).get("adapter_path") or (exported or {}).get("model_path"),
+        "served": (exported or {}).get("served"),
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class LoraSettings(BaseModel):
@@ -72,6 +72,22 @@ class RetrainParams(BaseModel):
     promotion_policy: Optional[str] = Field(None, description="Promotion policy YAML (evaluation/promotion.yaml).")
     export_format: Literal["peft", "merged", "none"] = Field("peft", description="How production is exported.")
     export_dir: Optional[str] = Field(None, description="Where production is exported (default WORKDIR/serving).")
+    notify: Optional[str] = Field(None, description=(
+        "URL of a running vLLM OpenAI server (http://host:8000) that serves production: after the export "
+        "(peft) it is loaded there under notify_alias, checked, then the previous version retired. If that "
+        "fails the run fails at export; production and the export stand, the server keeps the old version, "
+        "and the next run tries again."))
+    notify_alias: str = Field("thumbs", description="With notify: the model name the server's clients request.")
+    max_lora_rank: Optional[Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]] = Field(None, description=(
+        "peft export: the vLLM server's --max-lora-rank; an adapter of higher rank is refused at export "
+        "(default: vLLM's largest, 512)."))
+
+    @model_validator(mode="after")
+    def _notify_needs_peft(self) -> "RetrainParams":
+        if self.notify and self.export_format != "peft":
+            raise ValueError(f"notify hot-swaps a LoRA adapter into vLLM: it needs export_format 'peft', "
+                             f"not {self.export_format!r}")
+        return self
 
     def path(self, field: str) -> str:
         value = getattr(self, field, None)

@@ -110,3 +110,6 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU: benchmarks/gpu.sh runs these on one (--dry-run: on the CPU)")
     for item in gpu:
         item.add_marker(skip)
+
+
+from vllm_harness import tiny_llama, vllm_server  # noqa: E402,F401  (the vLLM tests' session fixtures)
