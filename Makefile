@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 export THUMBS_SHARED ?= $(abspath $(CURDIR)/../shared)
 
-.PHONY: demo test ui bench-ingest bench-curate bench-train clean
+.PHONY: demo test ui bench-ingest bench-curate bench-train gpu-wheels gpu-check gpu-dry-run clean
 
 demo: $(STAMP)
 	$(PY) -m flows.demo
@@ -37,6 +37,31 @@ bench-curate: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) benchmarks/train.py --vs trl --record
+
+# The GPU check (benchmarks/gpu.sh). The GPU machine has torch, transformers, peft and accelerate but no
+# internet and no bitsandbytes, trl or liger-kernel: gpu-wheels puts their cp312 manylinux wheels (and the
+# datasets/dill/multiprocess that trl needs) plus the shared data the run reads into the git-ignored .whl/
+# (~51 MB, under the 64 MiB that travels); the run is then `bash benchmarks/gpu.sh` with `.whl` carried.
+GPU_WHEELS := bitsandbytes==0.50.2 trl==1.16.0 liger-kernel==0.8.5 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+GPU_PLATFORMS := $(foreach n,28 27 24 17,--platform manylinux_2_$(n)_x86_64) --platform manylinux2014_x86_64 \
+	--platform manylinux1_x86_64 --platform any
+GPU_PIP := $(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m pip
+
+gpu-wheels:
+	mkdir -p .whl/shared/data/hh-rlhf .whl/shared/models
+	$(GPU_PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)
+	cp -f $(THUMBS_SHARED)/data/hh-rlhf/harmless-base-test.jsonl.gz .whl/shared/data/hh-rlhf/
+	rm -rf .whl/shared/models/tiny-random-gpt2
+	cp -r $(THUMBS_SHARED)/models/tiny-random-gpt2 .whl/shared/models/
+	chmod -R u+w .whl/shared
+	du -sh .whl
+
+gpu-check:
+	bash benchmarks/gpu.sh
+
+gpu-dry-run: $(STAMP)
+	PYTHON=$(PY) bash benchmarks/gpu.sh --dry-run
 
 # torch first: where torch==2.13.0 resolves from a local wheel (CPU build) take it, so no multi-GB CUDA
 # download happens; elsewhere a machine with a GPU gets PyPI's torch and one without the CPU build.

@@ -1,19 +1,30 @@
-"""Curate throughput: the Beam job against the same dedupe, votes and counts in plain pyarrow.
+"""Curate throughput and peak memory: the Beam job against two floors, DuckDB and plain pyarrow.
 
     python benchmarks/curate.py [--events 1000000] [--record]
 
 The lake is generated straight into Parquet with realistic noise: 400k examples (200k prompts with
 two answers each) rated by 50k users; 5% of events are exact re-deliveries (same event_id), 10% are
 a user voting again on the same answer, and 20% of votes disagree with the example's majority.
-The floor runs `ingest.curation.add_keys` + `resolve` on the whole table in one process (no Beam,
-no shuffle, no writes). The Beam job is `ingest.curate.curate` with its default local runner
-(FnApiRunner, in-process) and with `--direct_running_mode=multi_processing --direct_num_workers=2`.
+Each contender runs in its own child process (this script with --one), so its peak RSS is its own:
+sampled every 50 ms over the child and every process it starts, summed.
+- DuckDB: the same semantics as one SQL query over the lake's Parquet (`benchmarks/curate_duckdb.py`;
+  the split hash is a Python UDF, the rest native), counts only, no writes; at 2 threads and 1.
+- pyarrow floor: `ingest.curation.add_keys` + `resolve` on the whole table in one process (no Beam,
+  no shuffle, no writes).
+- Beam in-process: `ingest.curate.curate` on its default runner, FnApiRunner, including the writes,
+  the re-read that proves the snapshot and the manifest.
+- Beam portable: the same on PortableRunner against a local job service and an external worker pool
+  (`ingest.portable`); the services start before the clock, their and the workers' memory counts.
+All must agree on every count.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,10 +36,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.report import record, timing_table  # noqa: E402
-from ingest.curate import curate  # noqa: E402
+import psutil  # noqa: E402
+
+from benchmarks.report import record  # noqa: E402
+from ingest.curate import curate, partition_files  # noqa: E402
 from ingest.curation import CurateConfig, add_keys, resolve  # noqa: E402
 from ingest.lake import feedback_dataset  # noqa: E402
+from ingest.portable import local_portable_runner  # noqa: E402
 from ingest.schema import FEEDBACK_SCHEMA, MESSAGE_TYPE  # noqa: E402
 
 
@@ -68,41 +82,106 @@ def generate_lake(lake: Path, n: int, seed: int = 0) -> None:
                        row_group_size=65_536)
 
 
+CONTENDERS = {
+    "duckdb": "DuckDB, one query, 2 threads (no writes)",
+    "duckdb1": "DuckDB, one query, 1 thread (no writes)",
+    "pyarrow": "pyarrow floor, one process (no writes)",
+    "beam": "Beam, FnApiRunner in-process (default)",
+    "portable": "Beam, PortableRunner + worker pool",
+}
+
+
+def run_one(method: str, lake: Path, out: Path) -> dict:
+    """One contender, timed, in this process: its counts and seconds."""
+    config = CurateConfig()
+    if method.startswith("duckdb"):
+        from benchmarks.curate_duckdb import duckdb_counts
+
+        files = [str(f) for f in partition_files(lake, None, None)]
+        t0 = time.perf_counter()
+        counts = duckdb_counts(files, config, threads=1 if method == "duckdb1" else 2)
+    elif method == "pyarrow":
+        t0 = time.perf_counter()
+        _, _, counts = resolve(add_keys(feedback_dataset(lake).to_table(), 1), config)
+    elif method == "beam":
+        t0 = time.perf_counter()
+        counts = curate(lake, out, config=config)["counts"]
+    else:
+        with local_portable_runner() as beam_args:
+            t0 = time.perf_counter()
+            counts = curate(lake, out, config=config, beam_args=beam_args)["counts"]
+            return {"seconds": time.perf_counter() - t0, "counts": counts}
+    return {"seconds": time.perf_counter() - t0, "counts": counts}
+
+
+def measure(method: str, lake: Path, out: Path) -> dict:
+    """Run a contender in a child process; its result with the peak RSS of its process tree."""
+    proc = subprocess.Popen([sys.executable, __file__, "--one", method, "--lake", str(lake), "--out", str(out)],
+                            stdout=subprocess.PIPE, text=True)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass  # a worker ended between listing and reading: the next sample counts the rest
+        time.sleep(0.05)
+    stdout = proc.stdout.read()
+    if proc.returncode:
+        raise SystemExit(f"{method} failed with exit code {proc.returncode}")
+    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_rss": peak}
+
+
+def table(n_events: int, results: dict[str, dict]) -> str:
+    """Seconds, events/s, x DuckDB (2 threads) and peak RSS per contender."""
+    floor = results["duckdb"]["seconds"]
+    lines = ["| what | seconds | events/s | x DuckDB | peak RSS GB |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {CONTENDERS[m]} | {r['seconds']:.2f} | {n_events / r['seconds']:,.0f} | {r['seconds'] / floor:.2f}x "
+              f"| {r['peak_rss'] / 2**30:.2f} |" for m, r in results.items()]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--record", action="store_true", help="append the result to BENCHMARKS.md")
+    parser.add_argument("--note", default="", help="a sentence for BENCHMARKS.md (e.g. what else shared the CPU)")
+    parser.add_argument("--one", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
+    parser.add_argument("--lake", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    config = CurateConfig()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.lake, args.out)))
+        return
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         lake = Path(tmp) / "lake"
         generate_lake(lake, args.events)
+        results = {}
+        for method in CONTENDERS:
+            shutil.rmtree(Path(tmp) / "snapshots", ignore_errors=True)
+            results[method] = measure(method, lake, Path(tmp) / "snapshots")
+            print(f"{CONTENDERS[method]}: {results[method]['seconds']:.1f} s, "
+                  f"{results[method]['peak_rss'] / 2**30:.2f} GB", file=sys.stderr, flush=True)
 
-        t0 = time.perf_counter()
-        _, _, floor_counts = resolve(add_keys(feedback_dataset(lake).to_table(), 1), config)
-        floor_s = time.perf_counter() - t0
-
-        results = [("pyarrow floor (one process, no writes)", floor_s, floor_counts)]
-        for name, beam_args in (("Beam, FnApiRunner in-process (default)", []),
-                                ("Beam, FnApiRunner multi_processing x2",
-                                 ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])):
-            out = Path(tmp) / "snapshots"
-            shutil.rmtree(out, ignore_errors=True)
-            t0 = time.perf_counter()
-            stats = curate(lake, out, config=config, beam_args=beam_args)
-            results.append((name, time.perf_counter() - t0, stats["counts"]))
-
-    counts = results[0][2]
-    for name, _, c in results[1:]:
-        assert c == counts, f"{name} disagrees with the floor: {c} vs {counts}"
-    table_md = timing_table(args.events, [(name, s) for name, s, _ in results])
+    counts = results["beam"]["counts"]
+    for method, r in results.items():
+        assert r["counts"] == counts, f"{method} disagrees with Beam: {r['counts']} vs {counts}"
+    table_md = table(args.events, results)
     noise = (f"{counts['removed_duplicate_event_id']:,} re-delivered, {counts['removed_superseded_vote']:,} "
              f"superseded votes, {counts['examples']:,} examples, {counts['examples_with_conflicting_votes']:,} "
-             f"with conflicting votes, {counts['dropped_tie']:,} ties dropped")
-    print(f"{args.events:,} events: {noise}\n{table_md}")
+             f"with conflicting votes, {counts['dropped_tie']:,} ties dropped, {counts['train']:,} train / "
+             f"{counts['eval']:,} eval")
+    ratio = results["beam"]["seconds"] / results["duckdb"]["seconds"]
+    load = (f"1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+            f"on {os.cpu_count()} cores")
+    summary = (f"Beam in-process / DuckDB (2 threads): **{ratio:.2f}x**; one of 64 buckets holds "
+               f"~{args.events // 64:,} events.")
+    print(f"{args.events:,} events: {noise}\n{table_md}\n{summary}")
     if args.record:
         record("curate", f"python benchmarks/curate.py --events {args.events}",
-               f"{noise}. All three agree on every count.", table_md)
+               f"{noise}. All five agree on every count; {load}. {args.note}".strip(), f"{table_md}\n\n{summary}")
+
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,9 @@
-"""Reference point for thumbs' KTO trainer: TRL's KTOTrainer with a peft LoRA adapter, on CPU in float32.
+"""Reference point for thumbs' KTO trainer: TRL's KTOTrainer with a peft LoRA adapter, on CPU in float32
+or on a CUDA GPU in bf16 (an NF4 base computes in bf16 there), optionally with Liger's kernels.
 
-`run_trl` trains in a spawned child process (so its peak RSS is its own) and returns seconds per step,
-tokens per step, the first logged loss and the child's peak RSS. Token counts come from the batches
+`run_trl` trains in a spawned child process (so its peak RSS and peak CUDA memory are its own) and
+returns seconds per step, tokens per step, the first logged loss, the child's peak RSS and, on a GPU,
+`torch.cuda.max_memory_allocated`. Token counts come from the batches
 TRL actually fed to `training_step`: the matched rows (prompt + completion, the ones the loss is taken
 on) and, separately, the mismatched KL rows TRL builds by rotating completions within each batch.
 
@@ -56,20 +58,27 @@ def run_trl(
     quantize_4bit: bool = False,
     precompute_ref: bool = False,
     gradient_checkpointing: bool = True,
+    device: str = "cpu",
+    liger: bool = False,
     output_dir: str,
 ) -> dict[str, Any]:
     """Train `steps` optimizer steps with TRL's KTOTrainer + LoRA (all linear layers) in a spawned child.
 
     `examples` are {"prompt": str, "completion": str, "label": bool}, fed in the given order (TRL's KTO
     sampler is sequential). `gradient_checkpointing` defaults to True, TRL's own default. Returns the
-    figures described in the module docstring; `peak_rss_bytes` is the child's ru_maxrss.
+    figures described in the module docstring; `peak_rss_bytes` is the child's ru_maxrss. `device` is
+    'cpu' (float32) or 'cuda' (bf16 mixed precision, bf16 compute under NF4). `liger` sets TRL's
+    `use_liger_kernel` (Liger's RMSNorm, RoPE and SwiGLU kernels; TRL keeps its own fused head).
     """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     kwargs = dict(
         model_dir=str(model_dir), tokenizer_dir=str(tokenizer_dir), examples=list(examples), steps=steps,
         batch_size=batch_size, beta=beta, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
         lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, max_length=max_length,
         max_prompt_length=max_prompt_length, learning_rate=learning_rate, seed=seed, quantize_4bit=quantize_4bit,
-        precompute_ref=precompute_ref, gradient_checkpointing=gradient_checkpointing, output_dir=str(output_dir),
+        precompute_ref=precompute_ref, gradient_checkpointing=gradient_checkpointing, device=device, liger=liger,
+        output_dir=str(output_dir),
     )
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(_train_in_child, **kwargs).result()
@@ -78,7 +87,7 @@ def run_trl(
 def _train_in_child(
     *, model_dir, tokenizer_dir, examples, steps, batch_size, beta, desirable_weight, undesirable_weight, lora_r,
     lora_alpha, lora_dropout, max_length, max_prompt_length, learning_rate, seed, quantize_4bit, precompute_ref,
-    gradient_checkpointing, output_dir,
+    gradient_checkpointing, device, liger, output_dir,
 ) -> dict[str, Any]:
     os.environ.setdefault("HF_DATASETS_CACHE", str(Path(output_dir) / "hf_datasets"))
     import torch
@@ -131,6 +140,10 @@ def _train_in_child(
             })
             return super().training_step(model, inputs, *args, **kw)
 
+    cuda = device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for but torch sees no CUDA GPU")
+    dtype = torch.bfloat16 if cuda else torch.float32  # CPUs without bf16 units crawl in bf16
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if tokenizer.pad_token is None:
@@ -139,15 +152,15 @@ def _train_in_child(
         output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=1, learning_rate=learning_rate, beta=beta, desirable_weight=desirable_weight,
         undesirable_weight=undesirable_weight, max_length=max_length, precompute_ref_log_probs=precompute_ref,
-        gradient_checkpointing=gradient_checkpointing, disable_dropout=True, use_cpu=True, bf16=False, fp16=False,
-        model_init_kwargs={"dtype": torch.float32}, logging_steps=1, save_strategy="no", report_to="none",
+        gradient_checkpointing=gradient_checkpointing, disable_dropout=True, use_cpu=not cuda, bf16=cuda, fp16=False,
+        use_liger_kernel=liger, model_init_kwargs={"dtype": dtype}, logging_steps=1, save_strategy="no", report_to="none",
         dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True, seed=seed, data_seed=seed,
     )
     quantization = None
     if quantize_4bit:
         quantization = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
+            bnb_4bit_compute_dtype=dtype,
         )
     lora = LoraConfig(
         r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules="all-linear",
@@ -173,6 +186,9 @@ def _train_in_child(
     tokens = trainer.batch_tokens[: len(step_s)]
     skip = 1 if len(step_s) > 1 else 0  # the first step is warm-up
     timed_s, timed_tokens = sum(step_s[skip:]), tokens[skip:]
+    if not timed_tokens:
+        raise RuntimeError(f"TRL recorded {len(tokens)} batch(es) for {len(step_s)} step(s): nothing to time past the "
+                           "warm-up step; give it more steps")
 
     def per_step(key):
         return sum(t[key] for t in timed_tokens) / len(timed_tokens)
@@ -199,6 +215,9 @@ def _train_in_child(
         "precompute_ref": precompute_ref,
         "gradient_checkpointing": gradient_checkpointing,
         "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "liger": liger,
+        "peak_cuda_bytes": torch.cuda.max_memory_allocated() if cuda else None,
     }
 
 

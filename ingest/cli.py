@@ -47,8 +47,9 @@ def ingest_command(
 
 def curate_command(
     ctx: typer.Context,
-    lake: Path = typer.Option(..., "--lake", help="Lake directory written by `thumbs ingest`."),
-    out: Path = typer.Option(..., "--out", help="Directory of snapshots; the snapshot goes to OUT/<snapshot_id>/."),
+    lake: Optional[Path] = typer.Option(None, "--lake", help="Lake directory written by `thumbs ingest`."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Directory of snapshots; the snapshot goes to OUT/<snapshot_id>/."),
     since: Optional[str] = typer.Option(None, "--since", help="First event date to include (YYYY-MM-DD)."),
     until: Optional[str] = typer.Option(None, "--until", help="Last event date to include (YYYY-MM-DD)."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML of CurateConfig fields."),
@@ -56,11 +57,20 @@ def curate_command(
     eval_fraction: Optional[float] = typer.Option(None, "--eval-fraction", help="Share of prompts held out."),
     min_per_class: Optional[int] = typer.Option(None, "--min-per-class", help="Fewest train examples per class."),
     json_out: bool = typer.Option(False, "--json", help="Print stats.json (with the snapshot's path) on stdout."),
+    verify_only: Optional[Path] = typer.Option(
+        None, "--verify-only", metavar="SNAPSHOT",
+        help="Only re-check a published snapshot against its manifest and stats; exit 1 if it differs."),
 ) -> None:
     """Dedupe, resolve conflicting votes, split train/eval and set KTO's class weights, on Apache Beam.
 
     Beam pipeline options go after `--`, e.g. `-- --runner=DataflowRunner --project=...`.
     """
+    if verify_only is not None:
+        _verify_command(verify_only)
+        return
+    if lake is None or out is None:
+        typer.echo("error: curate needs --lake and --out (or --verify-only SNAPSHOT)", err=True)
+        raise typer.Exit(2)
     from datetime import date
 
     from common.configfile import load_config
@@ -91,4 +101,17 @@ def curate_command(
                f"(λD·nD/λU·nU = {stats['balance_ratio']:.3f}, in [1, 4/3]: {stats['balance_in_band']})")
     for warning in stats["warnings"]:
         typer.echo(f"  warning: {warning}")
+
+
+def _verify_command(snapshot: Path) -> None:
+    from ingest.manifest import verify_snapshot
+
+    problems = verify_snapshot(snapshot)
+    for problem in problems:
+        typer.echo(f"mismatch: {problem}", err=True)
+    if problems:
+        typer.echo(f"error: snapshot {snapshot} does not match its manifest and stats ({len(problems)} "
+                   "difference(s)); curate it again into a fresh --out", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"curate: snapshot {snapshot} verified: every file matches manifest.json and stats.json")
 

@@ -12,7 +12,12 @@ Local default runner: FnApiRunner, in-process. Measured with Beam 2.77 on these 
 default runner and DirectRunner first try to download the Prism binary and fall back only after a
 logged failure offline; FnApiRunner needs no download. `--direct_running_mode=multi_processing` was
 correct in 5 of 5 runs, `multi_threading` lost records in 2 of 9: thumbs refuses the latter. Every
-other option after `--` passes through, so the same job runs on Dataflow, Flink or Spark.
+other option after `--` passes through. Tested here on FnApiRunner, BundleBasedDirectRunner and
+PortableRunner (job service + external worker pool, the protocol Flink, Spark and Dataflow speak).
+
+Whatever the runner, nothing is published unverified: before the rename, the files written are
+re-read and checked against the counts (`ingest/manifest.py`); a mismatch stops the run, names the
+runner and the difference, and leaves nothing under `--out`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import tempfile
 import warnings
 from datetime import date
 from pathlib import Path
+from typing import Callable
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -36,6 +42,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from ingest.balance import class_weights
 from ingest.curation import CURATED_SCHEMA, CurateConfig, add_keys, resolve, split_by_bucket, sum_counts
 from ingest.lake import FEEDBACK_DIR
+from ingest.manifest import check_stats, describe_files, write_manifest
 from ingest.schema import FEEDBACK_SCHEMA
 
 SNAPSHOT_VERSION = 1
@@ -77,6 +84,8 @@ class ResolveVotes(beam.PTransform):
         self.config = config
 
     def expand(self, keyed):
+        # Three tagged outputs, each read by exactly one consumer (a sink or the counts' combine):
+        # nothing is broadcast, so portable runners route it as written (tests/test_curate_runners.py).
         return (keyed
                 | "GroupBuckets" >> beam.GroupByKey()
                 | "Resolve" >> beam.ParDo(_ResolveFn(self.config)).with_outputs("eval", "counts", main="train"))
@@ -100,12 +109,22 @@ class _ResolveFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput("counts", counts)
 
 
-class Curate(beam.PTransform):
-    """Parquet files of the lake to a snapshot written under `out_dir` (train/, eval/, counts)."""
+def parquet_writer(prefix: str) -> beam.PTransform:
+    """The sink for one split: zstd Parquet shards `PREFIX-SSSSS-of-NNNNN.parquet`."""
+    return WriteToParquetBatched(prefix, schema=CURATED_SCHEMA, codec="zstd", file_name_suffix=".parquet")
 
-    def __init__(self, files: list[str], out_dir: str, config: CurateConfig):
+
+class Curate(beam.PTransform):
+    """Parquet files of the lake to a snapshot written under `out_dir` (train/, eval/, counts).
+
+    `writer` makes each split's sink from its path prefix; a test swaps in a faulty one to show that
+    curate refuses what a faulty sink or runner writes.
+    """
+
+    def __init__(self, files: list[str], out_dir: str, config: CurateConfig,
+                 writer: Callable[[str], beam.PTransform] = parquet_writer):
         super().__init__()
-        self.files, self.out_dir, self.config = files, out_dir, config
+        self.files, self.out_dir, self.config, self.writer = files, out_dir, config, writer
 
     def expand(self, pbegin):
         resolved = (pbegin
@@ -114,9 +133,7 @@ class Curate(beam.PTransform):
                     | "KeyByBucket" >> KeyByBucket(self.config.n_buckets)
                     | "ResolveVotes" >> ResolveVotes(self.config))
         for split in ("train", "eval"):
-            _ = resolved[split] | f"Write{split.title()}" >> WriteToParquetBatched(
-                os.path.join(self.out_dir, split, "part"), schema=CURATED_SCHEMA, codec="zstd",
-                file_name_suffix=".parquet")
+            _ = resolved[split] | f"Write{split.title()}" >> self.writer(os.path.join(self.out_dir, split, "part"))
         return (resolved.counts
                 | "SumCounts" >> beam.CombineGlobally(sum_counts)
                 | "CountsJson" >> beam.Map(json.dumps)
@@ -159,8 +176,11 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
 
 
 def curate(lake: str | Path, out: str | Path, since: date | None = None, until: date | None = None,
-           config: CurateConfig | None = None, beam_args: list[str] = ()) -> dict:
-    """Build (or find) the snapshot for this lake, window and config; returns its stats with `path`."""
+           config: CurateConfig | None = None, beam_args: list[str] = (),
+           writer: Callable[[str], beam.PTransform] = parquet_writer) -> dict:
+    """Build (or find) the snapshot for this lake, window and config; returns its stats with `path`.
+
+    Raises CurateError, publishing nothing, when the files written disagree with the counts."""
     config = config or CurateConfig()
     lake, out = Path(lake), Path(out)
     files = partition_files(lake, since, until)
@@ -180,10 +200,9 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
     work = Path(tempfile.mkdtemp(prefix=f".{sid}.", dir=out))
     try:
         with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
-            _ = pipeline | Curate([str(f) for f in files], str(work), config)
-        counts = json.loads((work / "counts").read_text())
-        (work / "counts").unlink()
-        stats = _stats(sid, counts, config, since, until, files, lake)
+            _ = pipeline | Curate([str(f) for f in files], str(work), config, writer)
+        stats = _stats(sid, _read_counts(work, runner), config, since, until, files, lake)
+        _prove(work, stats, runner, n_rows)
         (work / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
         try:
             os.rename(work, final)
@@ -195,6 +214,30 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
         shutil.rmtree(work, ignore_errors=True)
         raise
     return {**stats, "path": str(final), "reused": False}
+
+
+def _read_counts(work: Path, runner: str) -> dict:
+    if not (work / "counts").is_file():
+        raise CurateError(f"curate refused to publish: Beam's {runner} finished without writing the counts "
+                          "(a runner that drops outputs); nothing was published. Run with the default runner "
+                          "(FnApiRunner) or one of those README's curate section lists as tested.")
+    counts = json.loads((work / "counts").read_text())
+    (work / "counts").unlink()
+    return counts
+
+
+def _prove(work: Path, stats: dict, runner: str, n_rows: int) -> None:
+    """Re-read what the pipeline wrote; refuse to publish if it is not what the counts say."""
+    entries, stray = describe_files(work)
+    problems = [f"unexpected entry {name} left in the snapshot" for name in stray]
+    problems += check_stats(stats, entries, events_in=n_rows)
+    if problems:
+        raise CurateError(
+            f"curate refused to publish snapshot {stats['snapshot_id']}: what Beam's {runner} wrote disagrees "
+            f"with the counts it computed ({'; '.join(problems)}). Nothing was published. The runner or sink "
+            "lost or added data: run with the default runner (FnApiRunner) or one README's curate section lists "
+            "as tested, and report the runner.")
+    write_manifest(work, stats["snapshot_id"], runner, entries, n_rows)
 
 
 def _stats(sid: str, counts: dict, config: CurateConfig, since, until, files: list[Path], lake: Path) -> dict:

@@ -95,3 +95,18 @@ def style_snapshot(tmp_path_factory) -> Path:
     source.write_text("".join(json.dumps(e) + "\n" for e in events))
     ingest([source], root / "lake", IngestConfig(format="events", insecure_dev_key=True), progress=False)
     return Path(curate(root / "lake", root / "snapshots", config=CurateConfig(eval_fraction=0.2))["path"])
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skipped without it, unless THUMBS_GPU_DRYRUN=1 (benchmarks/gpu.sh --dry-run)
+    runs them on the CPU."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu or os.environ.get("THUMBS_GPU_DRYRUN") == "1":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: benchmarks/gpu.sh runs these on one (--dry-run: on the CPU)")
+    for item in gpu:
+        item.add_marker(skip)

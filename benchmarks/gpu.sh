@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# The GPU check in one command: the tests marked `gpu`, then thumbs vs TRL (defaults, and with Liger's kernels)
+# on a 1.18B-parameter Llama-shaped random model with a 4-bit NF4 base, on one CUDA GPU. Everything it writes
+# goes to one folder ($OUT when set, else --out, else .gpu-out/), at most 7 files, none in subfolders:
+#
+#   gpu.log              everything printed, stage by stage, with times
+#   env.txt              GPU, driver, Python and package versions
+#   tests.log            pytest -m gpu tests/test_gpu.py
+#   bench.log            benchmarks/train.py's progress and warnings
+#   bench.json           every figure of the benchmark (tokens/s, peak CUDA memory, MFU, ...)
+#   BENCHMARKS-gpu.md    the entry to append to BENCHMARKS.md (`cat` it onto the file)
+#   profile-thumbs.txt   torch.profiler's operator table of a short thumbs run (the "why" behind the figures)
+#
+#   bash benchmarks/gpu.sh              # on a CUDA machine; under 8 minutes on an H100/H200
+#   bash benchmarks/gpu.sh --dry-run    # the same stages on the CPU with tiny models, in about 2 minutes
+#
+# Options: --out DIR, --skip-tests, --skip-bench. The GPU machine has torch, transformers, peft and accelerate
+# but not bitsandbytes, trl or liger-kernel: `make gpu-wheels` (here, with internet) puts their cp312 wheels and
+# the shared data the run needs under .whl/ (git-ignored, ~51 MB), and this script installs them from there
+# into /tmp/thumbs-site. The dry run uses the local environment ($PYTHON, else .venv/bin/python, else python3).
+#
+# The next session with a lent GPU calls the device tool's `run` with exactly:
+#   command: bash benchmarks/gpu.sh
+#   carry:   [".whl"]
+#   timeout_s: 600
+# then appends files_at/BENCHMARKS-gpu.md to BENCHMARKS.md and reads tests.log and profile-thumbs.txt.
+set -uo pipefail
+
+DRY=0 TESTS=1 BENCH=1 DEST="${OUT:-}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --skip-tests) TESTS=0 ;;
+    --skip-bench) BENCH=0 ;;
+    --out) DEST="$2"; shift ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT" || exit 2
+DEST="${DEST:-$ROOT/.gpu-out}"
+mkdir -p "$DEST" || exit 2
+DEST="$(cd "$DEST" && pwd)"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1
+export TOKENIZERS_PARALLELISM=false
+START=$SECONDS
+
+say() { printf '[gpu.sh %4ds] %s\n' "$((SECONDS - START))" "$*"; }
+
+# The wheels the GPU image lacks, by name (one version of each; `make gpu-wheels` downloads them).
+WHEELS="bitsandbytes trl liger_kernel datasets dill multiprocess"
+
+install_wheels() {
+  local missing="" name
+  for name in $WHEELS; do
+    ls .whl/"$name"-*.whl >/dev/null 2>&1 || missing="$missing $name"
+  done
+  if [ "$DRY" = 1 ]; then
+    [ -z "$missing" ] && say "wheels: .whl/ holds all of: $WHEELS" \
+      || say "wheels: .whl/ lacks:$missing (fine for the dry run; run 'make gpu-wheels' before a GPU run)"
+    return 0
+  fi
+  if [ -n "$missing" ]; then
+    say "wheels: .whl/ lacks:$missing; carry .whl after 'make gpu-wheels' (installing what is there)"
+  fi
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/thumbs-site \
+      .whl/*.whl || { say "wheels: pip install failed"; return 1; }
+    export PYTHONPATH="/tmp/thumbs-site:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    say "wheels: installed $(ls .whl/*.whl | wc -l) into /tmp/thumbs-site"
+  fi
+}
+
+environment() {
+  {
+    echo "date: $(date -u +%FT%TZ)"
+    echo "commit: $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
+    echo "mode: $([ "$DRY" = 1 ] && echo 'dry run (CPU)' || echo GPU)"
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \
+      --format=csv 2>&1
+    "$PY" - <<'PY' 2>&1
+import importlib.metadata as md, platform, sys
+import torch
+print("python", platform.python_version(), sys.executable)
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(), torch.cuda.get_device_capability())
+for name in ("transformers", "peft", "accelerate", "bitsandbytes", "trl", "liger-kernel", "datasets", "triton",
+             "pyarrow", "fsspec", "safetensors", "numpy", "pytest"):
+    try:
+        print(name, md.version(name))
+    except md.PackageNotFoundError:
+        print(name, "not installed")
+PY
+  } >"$DEST/env.txt"
+  cat "$DEST/env.txt"
+}
+
+run_tests() {
+  say "tests: pytest -m gpu tests/test_gpu.py $([ "$DRY" = 1 ] && echo '(on the CPU: THUMBS_GPU_DRYRUN=1)')"
+  THUMBS_GPU_DRYRUN=$DRY timeout -k 10 "$TESTS_LIMIT" "$PY" -m pytest -m gpu tests/test_gpu.py -q -rA \
+    -p no:cacheprovider --basetemp="$(mktemp -d /tmp/thumbs-gpu-tests.XXXXXX)/t" -o addopts="" 2>&1 \
+    | tee "$DEST/tests.log"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 124 ] && say "tests: stopped after ${TESTS_LIMIT}s"
+  return "$rc"
+}
+
+run_bench() {
+  say "bench: benchmarks/train.py --vs trl ${BENCH_ARGS[*]}"
+  timeout -k 10 "$BENCH_LIMIT" "$PY" benchmarks/train.py --vs trl "${BENCH_ARGS[@]}" --json "$DEST/bench.json" \
+    --md "$DEST/BENCHMARKS-gpu.md" --profile "$DEST/profile-thumbs.txt" 2>&1 | tee "$DEST/bench.log" \
+    | grep --line-buffered -vE 'Warning|warnings.warn|it/s\]|examples/s\]|^\{'
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 124 ] && say "bench: stopped after ${BENCH_LIMIT}s"
+  return "$rc"
+}
+
+main() {
+  if [ "$DRY" = 1 ]; then
+    PY="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" THUMBS_SHARED="${THUMBS_SHARED:-$(dirname "$ROOT")/shared}"
+    TESTS_LIMIT=240 BENCH_LIMIT=240
+    BENCH_ARGS=(--device cpu --model micro-llama --quantize nf4 --pairs 4 --batch 2 --steps 3 --max-length 96
+                --max-prompt-length 64 --profile-steps 1)
+  else
+    PY="${PYTHON:-python3}"
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    # The shared data travels inside .whl/ (the ../shared beside a checkout does not travel).
+    [ -d .whl/shared ] && export THUMBS_SHARED="$ROOT/.whl/shared"
+    TESTS_LIMIT=180 BENCH_LIMIT=270
+    BENCH_ARGS=(--device cuda --model llama-1b --quantize nf4 --pairs 160 --batch 8 --max-length 512
+                --max-prompt-length 384 --profile-steps 4)
+  fi
+  say "mode $([ "$DRY" = 1 ] && echo 'dry run on the CPU' || echo GPU), output in $DEST"
+  if [ "$DRY" = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    say "no CUDA GPU visible to torch: run this on the GPU machine, or pass --dry-run"
+    return 2
+  fi
+  install_wheels || return 1
+  environment
+  local status=0 tests="skipped" bench="skipped"
+  if [ "$TESTS" = 1 ]; then
+    if run_tests; then tests="passed"; else tests="FAILED"; status=1; fi
+    say "tests: $tests"
+  fi
+  if [ "$BENCH" = 1 ]; then
+    if run_bench; then bench="done"; else bench="FAILED"; status=1; fi
+    say "bench: $bench"
+    [ -f "$DEST/BENCHMARKS-gpu.md" ] && cat "$DEST/BENCHMARKS-gpu.md"
+  fi
+  say "summary: tests $tests ($(tail -n 1 "$DEST/tests.log" 2>/dev/null)); bench $bench; files in $DEST: $(ls "$DEST" | tr '\n' ' ')"
+  return "$status"
+}
+
+main 2>&1 | tee "$DEST/gpu.log"
+exit "${PIPESTATUS[0]}"

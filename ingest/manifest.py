@@ -1,0 +1,141 @@
+"""A snapshot that proves itself: its manifest, and the checks that its files say what its stats say.
+
+    from ingest.manifest import verify_snapshot
+    problems = verify_snapshot("snapshots/3f2a9c0d1e4b5a6f")   # [] when the snapshot is whole
+
+`curate` runs the same checks on its work folder before the rename that publishes a snapshot, so a
+runner that loses or adds data (a dropped file, an empty shard, a leftover temp folder, a lost count)
+stops the run instead of publishing. What the files determine is re-read from them, not taken from
+the runner: rows per split and class, the class counts and weights in stats.json, and the count
+arithmetic (events in = events out + everything removed or dropped). `manifest.json` lists every
+data file with its size, sha256, rows and thumbs-ups, so `thumbs curate --verify-only` can later tell
+a published snapshot from one a disk or a hand has changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ingest.balance import InsufficientData, class_weights
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "eval")
+# Written beside a published snapshot by later stages (training's reference log-prob cache).
+LATER_ENTRIES = {"refcache"}
+
+
+def describe_files(folder: Path) -> tuple[list[dict], list[str]]:
+    """Each split's Parquet files as manifest entries, and every entry that has no place in a snapshot."""
+    entries, stray = [], []
+    for split in SPLITS:
+        split_dir = folder / split
+        for path in sorted(split_dir.iterdir()) if split_dir.is_dir() else ():
+            if not (path.is_file() and path.suffix == ".parquet" and not path.name.startswith(".")):
+                stray.append(str(path.relative_to(folder)))
+                continue
+            entries.append(_describe(path, folder))
+    for path in sorted(folder.iterdir()):
+        if path.name not in (*SPLITS, "stats.json", MANIFEST, *LATER_ENTRIES):
+            stray.append(path.name)
+    return entries, stray
+
+
+def _describe(path: Path, folder: Path) -> dict:
+    table = pq.read_table(path, columns=["desirable"])
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"path": str(path.relative_to(folder)), "bytes": path.stat().st_size, "sha256": digest,
+            "rows": table.num_rows, "desirable": int(pc.sum(table.column("desirable")).as_py() or 0)}
+
+
+def check_stats(stats: dict, entries: list[dict], events_in: int | None = None) -> list[str]:
+    """Differences between what the files hold and what stats.json (and the input's row count) claim."""
+    counts, problems = stats["counts"], []
+
+    def expect(what: str, claimed, actual) -> None:
+        if claimed != actual:
+            problems.append(f"{what}: stats say {claimed}, the files say {actual}")
+
+    for split in SPLITS:
+        files = [e for e in entries if e["path"].startswith(f"{split}/")]
+        rows, good = sum(e["rows"] for e in files), sum(e["desirable"] for e in files)
+        expect(f"{split} rows", counts.get(split), rows)
+        expect(f"{split} desirable rows", counts.get(f"{split}_desirable"), good)
+        expect(f"{split} undesirable rows", counts.get(f"{split}_undesirable"), rows - good)
+    train_good = sum(e["desirable"] for e in entries if e["path"].startswith("train/"))
+    train_rows = sum(e["rows"] for e in entries if e["path"].startswith("train/"))
+    expect("n_desirable", stats.get("n_desirable"), train_good)
+    expect("n_undesirable", stats.get("n_undesirable"), train_rows - train_good)
+    problems += _check_weights(stats, train_good, train_rows - train_good)
+    problems += _check_arithmetic(counts, events_in)
+    return problems
+
+
+def _check_weights(stats: dict, n_good: int, n_bad: int) -> list[str]:
+    config = stats.get("config", {})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            weights = class_weights(n_good, n_bad, target=config.get("balance_target", 1.0),
+                                    min_per_class=config.get("min_per_class", 1))
+    except InsufficientData as err:
+        return [f"class counts in the files cannot be trained on: {err}"]
+    problems = []
+    for name, value in (("desirable_weight", weights.desirable_weight),
+                        ("undesirable_weight", weights.undesirable_weight), ("balance_ratio", weights.ratio),
+                        ("balance_in_band", weights.in_band)):
+        if stats.get(name) != value:
+            problems.append(f"{name}: stats say {stats.get(name)}, the files' class counts give {value}")
+    return problems
+
+
+def _check_arithmetic(counts: dict, events_in: int | None) -> list[str]:
+    """Every stage's count adds up: a runner that lost a bucket's counts (or rows) breaks one of these."""
+    c = counts
+    dropped = sum(v for k, v in c.items() if k.startswith("dropped_"))
+    rules = [
+        ("events_in", events_in, c.get("events_in")),
+        ("votes = events_in - duplicates - superseded",
+         c.get("events_in", 0) - c.get("removed_duplicate_event_id", 0) - c.get("removed_superseded_vote", 0),
+         c.get("votes")),
+        ("examples = votes - merged", c.get("votes", 0) - c.get("removed_merged_into_example", 0), c.get("examples")),
+        ("examples = train + eval + dropped", c.get("train", 0) + c.get("eval", 0) + dropped, c.get("examples")),
+    ]
+    return [f"counts do not add up ({rule}): expected {want}, got {got}"
+            for rule, want, got in rules if want is not None and want != got]
+
+
+def write_manifest(folder: Path, snapshot_id: str, runner: str, entries: list[dict], events_in: int) -> None:
+    manifest = {"snapshot_id": snapshot_id, "runner": runner, "events_in": events_in, "files": entries}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def verify_snapshot(path: str | Path) -> list[str]:
+    """Every way a published snapshot differs from its manifest and stats; [] when it is whole."""
+    folder = Path(path)
+    if not (folder / "stats.json").is_file():
+        return [f"{folder} has no stats.json: not a `thumbs curate` snapshot (or not a finished one)"]
+    if not (folder / MANIFEST).is_file():
+        return [f"{folder} has no {MANIFEST}: written before snapshots carried one; curate it again to get one"]
+    stats = json.loads((folder / "stats.json").read_text())
+    manifest = json.loads((folder / MANIFEST).read_text())
+    entries, stray = describe_files(folder)
+    problems = [f"unexpected entry {name}" for name in stray]
+    if manifest.get("snapshot_id") != stats.get("snapshot_id") or folder.name != stats.get("snapshot_id"):
+        problems.append(f"snapshot id: folder {folder.name}, stats {stats.get('snapshot_id')}, "
+                        f"manifest {manifest.get('snapshot_id')}")
+    listed = {e["path"]: e for e in manifest.get("files", [])}
+    found = {e["path"]: e for e in entries}
+    problems += [f"{name}: in the manifest, missing on disk" for name in sorted(listed.keys() - found.keys())]
+    problems += [f"{name}: on disk, not in the manifest" for name in sorted(found.keys() - listed.keys())]
+    for name in sorted(listed.keys() & found.keys()):
+        for field in ("bytes", "sha256", "rows", "desirable"):
+            if listed[name].get(field) != found[name][field]:
+                problems.append(f"{name}: {field} is {found[name][field]}, the manifest says {listed[name].get(field)}")
+    return problems + check_stats(stats, entries, manifest.get("events_in"))
