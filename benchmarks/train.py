@@ -113,17 +113,16 @@ def hh_rows(pairs: int) -> list[dict]:
 
 def write_snapshot(rows: list[dict], directory: Path) -> Path:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    (directory / "train").mkdir(parents=True)
+    from ingest.snapshot import TRAIN, write_split, write_stats
+
     table = pa.Table.from_pylist(rows, schema=pa.schema([
         ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
         ("completion", pa.string()), ("desirable", pa.bool_())]))
-    pq.write_table(table, directory / "train" / "part-0.parquet")
+    write_split(directory, TRAIN, table)
     n_d = sum(r["desirable"] for r in rows)
-    (directory / "stats.json").write_text(json.dumps({
-        "snapshot_id": "benchmark", "n_desirable": n_d, "n_undesirable": len(rows) - n_d,
-        "desirable_weight": 1.0, "undesirable_weight": 1.0}))
+    write_stats(directory, {"snapshot_id": "benchmark", "n_desirable": n_d, "n_undesirable": len(rows) - n_d,
+                            "desirable_weight": 1.0, "undesirable_weight": 1.0})
     return directory
 
 
@@ -158,8 +157,9 @@ def _thumbs_in_child(snapshot: str, model_dir: str, out: str, settings: dict, pr
 def _figures(out: Path, config) -> dict:
     import torch
 
-    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    meta = json.loads((Path(out) / "thumbs_meta.json").read_text())
+    from training.run_folder import read_meta, read_metrics
+
+    rows, meta = read_metrics(Path(out)), read_meta(Path(out))
     timed = rows[1:] or rows
     ref_s = meta["reference_cache"]["seconds"] * len(timed) / len(rows)  # its share of the timed steps
     train_s = sum(r["seconds"] for r in timed)

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 from deploy.registry import DECISION, Registry, RegistryError, with_production, without_production
 from evaluation.evaluate import EVAL_FILE, EvalConfig, evaluate, read_adapter
 from evaluation.promotion import PromotionPolicy, decide_promotion
-from ingest.faults import fault_point
+from common.faults import fault_point
 
 
 def adapter_sha256(adapter: Path) -> str:

@@ -35,7 +35,7 @@ from typing import Iterator, List, Optional
 
 import fsspec
 
-from ingest.faults import fault_point
+from common.faults import fault_point
 
 DECISION = "decision.json"
 ALIASES = "aliases.json"

@@ -25,9 +25,11 @@ import numpy as np
 from evaluation import report, scoring
 from evaluation.metrics import preference_metrics
 from evaluation.suites import load_suite, score_suite
-from ingest.lake import write_json_atomic
-from training.data import DataError, encode, read_split
-from training.export import ADAPTER_FILES, META
+from common.atomic import write_json_atomic
+from ingest import snapshot as layout
+from ingest.snapshot import SnapshotError, read_split, read_stats
+from training.data import DataError, encode
+from training.run_folder import RunFolderError, metrics_path, read_meta
 from training.model import load_tokenizer, pick_device, resolve_model_path, weights_fingerprint
 
 EVAL_FILE = "eval.json"
@@ -60,17 +62,11 @@ class EvalConfig:
 
 
 def read_adapter(path: Path) -> dict:
-    """The adapter folder's thumbs_meta.json, after checking the folder is a finished `thumbs train` output."""
-    path = Path(path)
-    if not path.is_dir():
-        raise EvaluationError(f"adapter folder {path} not found")
-    missing = [name for name in (*ADAPTER_FILES, META) if not (path / name).is_file()]
-    if missing:
-        raise EvaluationError(f"{path} is not a finished `thumbs train` output: missing {', '.join(missing)}")
+    """The adapter folder's thumbs_meta.json (training/run_folder.py), as an EvaluationError if it is not finished."""
     try:
-        return json.loads((path / META).read_text())
-    except json.JSONDecodeError as err:
-        raise EvaluationError(f"{path / META} is not valid JSON: {err}") from err
+        return read_meta(path)
+    except RunFolderError as err:
+        raise EvaluationError(str(err)) from err
 
 
 def evaluate(adapter: Path, snapshot: Path, *, incumbent: Optional[Path] = None, incumbent_version: Optional[str] = None,
@@ -94,11 +90,11 @@ def evaluate(adapter: Path, snapshot: Path, *, incumbent: Optional[Path] = None,
     tokenizer = load_tokenizer(model_dir)
     train_config = meta["config"]
     try:
-        rows = read_split(snapshot, "eval")
+        rows = read_split(snapshot, layout.EVAL)
         encoded = encode(rows, tokenizer, train_config["max_length"], train_config["max_prompt_length"], split="eval")
-    except DataError as err:
+        stats = read_stats(snapshot)
+    except (DataError, SnapshotError) as err:
         raise EvaluationError(f"snapshot {snapshot}: {err}") from err
-    stats = _read_stats(snapshot)
     c = encoded.counts
     log(f"evaluate: {c['examples']:,} eval examples ({c['desirable']:,} desirable / {c['undesirable']:,} undesirable) "
         f"of snapshot {stats.get('snapshot_id')}; candidate {adapter}"
@@ -137,7 +133,7 @@ def evaluate(adapter: Path, snapshot: Path, *, incumbent: Optional[Path] = None,
     if result[INCUMBENT] is not None:
         result[INCUMBENT]["version"] = incumbent_version
     result["seconds"] = round(time.monotonic() - started, 2)
-    _write(Path(out) if out else adapter, result, metrics_path=adapter / "metrics.jsonl", stats=stats)
+    _write(Path(out) if out else adapter, result, metrics_path=metrics_path(adapter), stats=stats)
     _say_summary(result, log)
     return result
 
@@ -153,13 +149,6 @@ def _base_dir(base_model: str, meta: dict) -> Path:
             f"the adapter was trained on base {meta['base_model']} (sha256 {meta['base_model_sha256'][:12]}…) but "
             f"{model_dir} holds other weights (sha256 {found[:12]}…): pass --base-model with the base it was trained on")
     return model_dir
-
-
-def _read_stats(snapshot: Path) -> dict:
-    try:
-        return json.loads((snapshot / "stats.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise EvaluationError(f"{snapshot}/stats.json unreadable ({err}): is it a `thumbs curate` snapshot?") from err
 
 
 def _generation_prompts(rows: list, config: EvalConfig) -> list:

@@ -129,6 +129,7 @@ def _window(params: RetrainParams, today: Optional[date] = None) -> tuple:
 def _snapshot_key(context, arguments: dict) -> Optional[str]:
     """The snapshot's content id (lake files in the window + curation config): same data, same key, task skipped."""
     from ingest.curate import partition_files, snapshot_id
+    from ingest.snapshot import is_published
     from ingest.curation import CurateConfig
 
     params: RetrainParams = arguments["params"]
@@ -140,7 +141,7 @@ def _snapshot_key(context, arguments: dict) -> Optional[str]:
     except Exception:  # noqa: BLE001  (no lake yet: no cache; the task itself reports the problem)
         return None
     snapshots = Path(params.path("snapshots"))
-    return f"thumbs-curate-{snapshots.resolve()}-{sid}" if (snapshots / sid / "stats.json").exists() else None
+    return f"thumbs-curate-{snapshots.resolve()}-{sid}" if is_published(snapshots / sid) else None
 
 
 @task(name="curate", cache_key_fn=_snapshot_key, persist_result=True, retries=1,
@@ -184,8 +185,9 @@ def _train_remotely(params: RetrainParams, snapshot: dict, out: str) -> dict:
         state = f"{run.state.name}: {run.state.message or ''}" if run.state else "without a state"
         raise RuntimeError(f"training deployment {params.train_deployment} ended {state} (after at most "
                            f"{params.train_timeout_s:.0f}s; is a worker serving its work pool?)")
-    meta = json.loads((Path(out) / "thumbs_meta.json").read_text())
-    return meta["summary"]
+    from training.run_folder import read_meta
+
+    return read_meta(Path(out))["summary"]
 
 
 @task(name="evaluate", retries=1)

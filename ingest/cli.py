@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ingest.faults import DiskFull
+from common.faults import DiskFull
 from ingest.job import IngestConfig, ingest
 from ingest.privacy import MissingKeyError
 from ingest.records import FORMATS, parse_timestamp, BadRow
@@ -94,18 +94,17 @@ def curate_command(
         raise typer.Exit(2)
     from datetime import date
 
+    from common.configfile import load_config
     from ingest.curate import CurateError, curate
     from ingest.curation import CurateConfig
     from ingest.balance import InsufficientData
 
     try:
-        fields = load_yaml(config_file) if config_file else {}
-        overrides = {"policy": policy, "eval_fraction": eval_fraction, "min_per_class": min_per_class}
-        fields.update({k: v for k, v in overrides.items() if v is not None})
-        config = CurateConfig(**fields)
+        config = load_config(CurateConfig, config_file, "curate config", policy=policy, eval_fraction=eval_fraction,
+                             min_per_class=min_per_class)
         window = [date.fromisoformat(d) if d else None for d in (since, until)]
         stats = curate(lake, out, window[0], window[1], config, beam_args=ctx.args)
-    except (ValueError, TypeError, CurateError, InsufficientData) as err:
+    except (ValueError, CurateError, InsufficientData) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
     except DiskFull as err:
@@ -140,11 +139,3 @@ def _verify_command(snapshot: Path) -> None:
         raise typer.Exit(1)
     typer.echo(f"curate: snapshot {snapshot} verified: every file matches manifest.json and stats.json")
 
-
-def load_yaml(path: Path) -> dict:
-    import yaml
-
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of config fields")
-    return data

@@ -39,8 +39,9 @@ from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBa
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from ingest import snapshot as layout
 from ingest.balance import class_weights
-from ingest.faults import as_disk_full, fault_point, one_error_for_disk_full
+from common.faults import as_disk_full, fault_point, one_error_for_disk_full
 from ingest.curation import CURATED_SCHEMA, CurateConfig, add_keys, resolve, split_by_bucket, sum_counts
 from ingest.lake import FEEDBACK_DIR, committed
 from ingest.manifest import check_stats, describe_files, write_manifest
@@ -133,8 +134,8 @@ class Curate(beam.PTransform):
                     | "ReadBatches" >> ReadAllFromParquetBatched(columns=FEEDBACK_SCHEMA.names)
                     | "KeyByBucket" >> KeyByBucket(self.config.n_buckets)
                     | "ResolveVotes" >> ResolveVotes(self.config))
-        for split in ("train", "eval"):
-            _ = resolved[split] | f"Write{split.title()}" >> self.writer(os.path.join(self.out_dir, split, "part"))
+        for tag, split in (("train", layout.TRAIN), ("eval", layout.EVAL)):  # Beam's output tags, the folders
+            _ = resolved[tag] | f"Write{tag.title()}" >> self.writer(str(layout.split_dir(self.out_dir, split) / "part"))
         return (resolved.counts
                 | "SumCounts" >> beam.CombineGlobally(sum_counts)
                 | "CountsJson" >> beam.Map(json.dumps)
@@ -189,9 +190,8 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
         raise CurateError(f"no feedback in {lake} between {since or 'the start'} and {until or 'the end'}")
     sid = snapshot_id(files, lake, config, since, until)
     final = out / sid
-    if (final / "stats.json").exists():  # a finished snapshot is never rewritten
-        stats = json.loads((final / "stats.json").read_text())
-        return {**stats, "path": str(final), "reused": True}
+    if layout.is_published(final):  # a finished snapshot is never rewritten
+        return {**layout.read_stats(final), "path": str(final), "reused": True}
 
     n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     runner = next((a.split("=", 1)[1] for a in beam_args if a.startswith("--runner=")), DEFAULT_RUNNER)
@@ -204,12 +204,12 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
             _ = pipeline | Curate([str(f) for f in files], str(work), config, writer)
         stats = _stats(sid, _read_counts(work, runner), config, since, until, files, lake)
         _prove(work, stats, runner, n_rows)
-        (work / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        layout.write_stats(work, stats)  # last: its presence marks the snapshot done
         fault_point("curate.mid_snapshot")  # every file written, the snapshot not yet renamed into place
         try:
             os.rename(work, final)
         except OSError:
-            if not (final / "stats.json").exists():
+            if not layout.is_published(final):
                 raise
             shutil.rmtree(work)  # another run finished the same snapshot first: it is identical
     except BaseException as err:

@@ -22,26 +22,22 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ingest import snapshot as layout
 from ingest.balance import InsufficientData, class_weights
-
-MANIFEST = "manifest.json"
-SPLITS = ("train", "eval")
-# Written beside a published snapshot by later stages (training's reference log-prob cache).
-LATER_ENTRIES = {"refcache"}
 
 
 def describe_files(folder: Path) -> tuple[list[dict], list[str]]:
     """Each split's Parquet files as manifest entries, and every entry that has no place in a snapshot."""
     entries, stray = [], []
-    for split in SPLITS:
-        split_dir = folder / split
+    for split in layout.SPLITS:
+        split_dir = layout.split_dir(folder, split)
         for path in sorted(split_dir.iterdir()) if split_dir.is_dir() else ():
             if not (path.is_file() and path.suffix == ".parquet" and not path.name.startswith(".")):
                 stray.append(str(path.relative_to(folder)))
                 continue
             entries.append(_describe(path, folder))
     for path in sorted(folder.iterdir()):
-        if path.name not in (*SPLITS, "stats.json", MANIFEST, *LATER_ENTRIES):
+        if path.name not in (*layout.SPLITS, layout.STATS, layout.MANIFEST):
             stray.append(path.name)
     return entries, stray
 
@@ -62,14 +58,14 @@ def check_stats(stats: dict, entries: list[dict], events_in: int | None = None) 
         if claimed != actual:
             problems.append(f"{what}: stats say {claimed}, the files say {actual}")
 
-    for split in SPLITS:
+    for name, split in (("train", layout.TRAIN), ("eval", layout.EVAL)):  # curation's count names, the folders
         files = [e for e in entries if e["path"].startswith(f"{split}/")]
         rows, good = sum(e["rows"] for e in files), sum(e["desirable"] for e in files)
-        expect(f"{split} rows", counts.get(split), rows)
-        expect(f"{split} desirable rows", counts.get(f"{split}_desirable"), good)
-        expect(f"{split} undesirable rows", counts.get(f"{split}_undesirable"), rows - good)
-    train_good = sum(e["desirable"] for e in entries if e["path"].startswith("train/"))
-    train_rows = sum(e["rows"] for e in entries if e["path"].startswith("train/"))
+        expect(f"{name} rows", counts.get(name), rows)
+        expect(f"{name} desirable rows", counts.get(f"{name}_desirable"), good)
+        expect(f"{name} undesirable rows", counts.get(f"{name}_undesirable"), rows - good)
+    train = [e for e in entries if e["path"].startswith(f"{layout.TRAIN}/")]
+    train_good, train_rows = sum(e["desirable"] for e in train), sum(e["rows"] for e in train)
     expect("n_desirable", stats.get("n_desirable"), train_good)
     expect("n_undesirable", stats.get("n_undesirable"), train_rows - train_good)
     problems += _check_weights(stats, train_good, train_rows - train_good)
@@ -113,18 +109,18 @@ def _check_arithmetic(counts: dict, events_in: int | None) -> list[str]:
 
 def write_manifest(folder: Path, snapshot_id: str, runner: str, entries: list[dict], events_in: int) -> None:
     manifest = {"snapshot_id": snapshot_id, "runner": runner, "events_in": events_in, "files": entries}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    layout.manifest_path(folder).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def verify_snapshot(path: str | Path) -> list[str]:
     """Every way a published snapshot differs from its manifest and stats; [] when it is whole."""
     folder = Path(path)
-    if not (folder / "stats.json").is_file():
-        return [f"{folder} has no stats.json: not a `thumbs curate` snapshot (or not a finished one)"]
-    if not (folder / MANIFEST).is_file():
-        return [f"{folder} has no {MANIFEST}: written before snapshots carried one; curate it again to get one"]
-    stats = json.loads((folder / "stats.json").read_text())
-    manifest = json.loads((folder / MANIFEST).read_text())
+    if not layout.is_published(folder):
+        return [f"{folder} has no {layout.STATS}: not a `thumbs curate` snapshot (or not a finished one)"]
+    if not layout.manifest_path(folder).is_file():
+        return [f"{folder} has no {layout.MANIFEST}: written before snapshots carried one; curate it again to get one"]
+    stats = layout.read_stats(folder)
+    manifest = json.loads(layout.manifest_path(folder).read_text())
     entries, stray = describe_files(folder)
     problems = [f"unexpected entry {name}" for name in stray]
     if manifest.get("snapshot_id") != stats.get("snapshot_id") or folder.name != stats.get("snapshot_id"):

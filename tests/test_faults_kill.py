@@ -1,7 +1,7 @@
 """SIGKILL at named points of every stage: nothing partial is ever visible, and a re-run ends where an
 uninterrupted run ends (same files; same bytes where the output is deterministic).
 
-Each case runs `thumbs` in a subprocess with THUMBS_FAULT naming a fault point (ingest/faults.py); the
+Each case runs `thumbs` in a subprocess with THUMBS_FAULT naming a fault point (common/faults.py); the
 process announces the point and blocks there, and the test kills it with SIGKILL (no sleeping and
 hoping). Cases: ingest mid-partition and between its renames, curate mid-snapshot, train mid-step and
 mid-checkpoint, promote mid-copy and between registering and the alias write, export mid-copy.
@@ -93,7 +93,7 @@ def test_curate_killed_mid_snapshot_leaves_no_snapshot_and_the_rerun_builds_the_
 
 
 # Kills the process right before the optimizer's update of step N: a step cut off half-way.
-STEP_HOOK = ("import torch.optim.optimizer as o\nfrom ingest.faults import fault_point\n"
+STEP_HOOK = ("import torch.optim.optimizer as o\nfrom common.faults import fault_point\n"
              "o.register_optimizer_step_pre_hook(lambda *a: fault_point('train.step'))")
 
 

@@ -67,7 +67,8 @@ def llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def style(tmp_path_factory) -> Path:
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from ingest.snapshot import write_split, write_stats
 
     root = tmp_path_factory.mktemp("style")
     splits = {"train": [], "eval": []}
@@ -82,14 +83,13 @@ def style(tmp_path_factory) -> Path:
     schema = pa.schema([("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
                         ("completion", pa.string()), ("desirable", pa.bool_())])
     for split, rows in splits.items():
-        (root / split).mkdir()
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), root / split / "part-0.parquet")
+        write_split(root, split, pa.Table.from_pylist(rows, schema=schema))
     n = len(splits["train"]) // 2
-    (root / "stats.json").write_text(json.dumps({  # the fields `thumbs curate` writes that training and reports read
+    write_stats(root, {  # the fields `thumbs curate` writes that training and reports read
         "snapshot_id": "gpu-style", "n_desirable": n, "n_undesirable": n, "desirable_weight": 1.0,
         "undesirable_weight": 1.0, "balance_ratio": 1.0, "balance_in_band": True, "warnings": [],
         "counts": {"train_desirable": n, "train_undesirable": n, "eval_desirable": len(splits["eval"]) // 2,
-                   "eval_undesirable": len(splits["eval"]) // 2}}))
+                   "eval_undesirable": len(splits["eval"]) // 2}})
     return root
 
 

@@ -21,9 +21,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ingest.snapshot import TRAIN, read_stats, split_files
 from tests.conftest import ROOT
 from training.config import DEFAULTS_YAML, TrainConfig
 from training.model import weights_fingerprint
+from training.refcache import cache_dir
 from training.trainer import Diverged, fit, setup, train
 from training import distributed
 
@@ -72,7 +74,7 @@ def test_training_moves_the_adapter_not_the_base_and_exports_exactly_the_listed_
     assert all(math.isfinite(r["kl"]) and r["kl"] >= 0 for r in rows)
     assert rows[0]["rewards/desirable"] == pytest.approx(0, abs=1e-4)  # step 0: policy == reference
     meta = json.loads((out / "thumbs_meta.json").read_text())
-    stats = json.loads((snapshot / "stats.json").read_text())
+    stats = read_stats(snapshot)
     assert meta["snapshot_id"] == stats["snapshot_id"]
     assert meta["base_model_sha256"] == weights_fingerprint(tiny_model)
     assert meta["config"]["desirable_weight"] == stats["desirable_weight"]
@@ -100,7 +102,8 @@ def test_reference_log_probs_are_cached_per_snapshot_and_base(snapshot, tiny_mod
     train(snapshot, str(tiny_model), tmp_path / "b", quick(max_steps=1), log=lambda s: None)
     first, second = (json.loads((tmp_path / n / "thumbs_meta.json").read_text()) for n in "ab")
     assert (first["reference_cache"]["hit"], second["reference_cache"]["hit"]) == (False, True)
-    assert len(list((snapshot / "refcache").glob("*.npy"))) == 1
+    assert len(list(cache_dir(snapshot).glob("*.npy"))) == 1
+    assert not (snapshot / "refcache").exists()  # beside the snapshot, never in it: curate's files stay as written
     train(snapshot, str(tiny_model), tmp_path / "c", quick(max_steps=1, quantize="none"), log=lambda s: None)
     third = json.loads((tmp_path / "c" / "thumbs_meta.json").read_text())
     assert third["reference_cache"]["hit"] is False  # another quantisation is another reference
@@ -198,7 +201,7 @@ def test_zero_z0_variant_skips_the_estimate(snapshot, tiny_model, tmp_path):
 
 
 def test_undesirable_only_data_fails_with_a_clear_message(snapshot, tiny_model, tmp_path):
-    for part in (snapshot / "train").glob("*.parquet"):
+    for part in split_files(snapshot, TRAIN):
         table = pq.read_table(part)
         pq.write_table(table.filter(pc.invert(table["desirable"])), part)
     proc = thumbs("--snapshot", str(snapshot), "--base-model", str(tiny_model), "--out", str(tmp_path / "x"),

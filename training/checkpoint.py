@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from ingest.faults import disk_full, fault_point
+from common.faults import disk_full, fault_point
 
 STATE = "trainer_state.json"
 

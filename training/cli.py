@@ -30,7 +30,7 @@ def train_command(
     json_out: bool = typer.Option(False, "--json", help="Print the run's summary as JSON on stdout."),
 ) -> None:
     """Train a LoRA adapter with KTO on a snapshot's thumbs-up/down examples."""
-    from ingest.faults import as_disk_full
+    from common.faults import as_disk_full
     from training.config import TrainConfig
     from training.data import DataError
     from training.trainer import Diverged, TrainingError, train

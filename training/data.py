@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import List, NamedTuple, Optional
 
 import numpy as np
-import pyarrow.dataset as ds
 import torch
 
 from training.plan import DataError, kl_partners, plan_epoch  # noqa: F401  (re-exported)
@@ -24,16 +22,6 @@ from training.sequences import (PLAIN_ROLES, PromptTooLong, Template, Unsplittab
 
 COUNT_KEYS = ("examples_in", "truncated_prompt", "dropped_turns", "truncated_completion", "template_inserted",
               "dropped_empty", "unsplittable", "template_refused", "dropped_prompt_too_long")
-
-
-def read_split(snapshot: Path, split: str = "train") -> list:
-    """Rows {prompt, completion, desirable} of a snapshot split, in file order (deterministic)."""
-    folder = Path(snapshot) / split
-    files = sorted(str(p) for p in folder.glob("*.parquet"))
-    if not files:
-        raise DataError(f"no {split} Parquet files under {folder}: is {snapshot} a `thumbs curate` snapshot?")
-    table = ds.dataset(files, format="parquet").to_table(columns=["prompt", "completion", "desirable"])
-    return table.to_pylist()
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Reference log-probs of every train example: computed once per (base model, tokenizer, data), then cached.
 
 The reference never changes during training, so log πref(y|x) for the matched examples is one
-no-grad pass over the snapshot, stored beside it in `SNAPSHOT/refcache/<key>.npy` (`cache_dir`). The key
+no-grad pass over the snapshot, stored beside it in `SNAPSHOTS/.cache/<snapshot id>/refcache/<key>.npy` (`cache_dir`). The key
 hashes the base's weights, its config.json and tokenizer files, the chat template, the truncation limits,
 the quantisation and compute dtype, the device kind (GPU and CPU kernels round differently), the versions
 of the libraries that compute it, and every token id: a change to any of them never reuses a stale cache.
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ingest.snapshot import cache_dir as snapshot_cache_dir
 from training.data import Encoded, collate
 from training.model import Scorer
 
@@ -30,8 +31,8 @@ KEY_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes")
 
 
 def cache_dir(snapshot: Path) -> Path:
-    """Where a snapshot's reference log-probs are cached (the one place that decides it)."""
-    return Path(snapshot) / "refcache"
+    """Where a snapshot's reference log-probs are cached: beside the snapshot (ingest/snapshot.py), never in it."""
+    return snapshot_cache_dir(snapshot, "refcache")
 
 
 def cache_key(model_fingerprint: str, quantize: str, dtype: torch.dtype, device: torch.device,

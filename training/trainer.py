@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from ingest.balance import ClassWeights, band_warning
-from training import checkpoint, distributed, export
+from training import checkpoint, distributed, run_folder
 from training.config import TrainConfig
-from training.data import Encoded, collate, encode, kl_partners, read_split
+from ingest.snapshot import read_split, read_stats
+from training.data import Encoded, collate, encode, kl_partners
 from training.loss import estimate_kl, kto_loss
 from training.model import (Scorer, compute_dtype, load_model, load_tokenizer, model_files_fingerprint, pick_device,
                             resolve_model_path, weights_fingerprint)
@@ -179,9 +180,9 @@ def train(snapshot: Path, base_model: str, out: Path, config: TrainConfig, *, re
 def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, processes: distributed.Processes,
           resume: bool, say: Callable) -> Run:
     started = time.monotonic()
-    stats = _read_stats(snapshot)
-    if (out / export.META).exists():
-        raise TrainingError(f"{out} already holds a finished adapter ({export.META}); choose another --out")
+    stats = read_stats(snapshot)
+    if run_folder.is_finished(out):
+        raise TrainingError(f"{out} already holds a finished adapter ({run_folder.META}); choose another --out")
     if checkpoint.latest(out) is not None and not resume:
         raise TrainingError(f"{out} holds checkpoints of an unfinished run: pass --resume to continue it, "
                             "or choose another --out")
@@ -213,7 +214,7 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     key = cache_key(fingerprint, config.quantize, compute_dtype(device), device, data_fingerprint,
                     model_files=model_files_fingerprint(model_dir), chat_template=tokenizer.chat_template,
                     limits={"max_length": config.max_length, "max_prompt_length": config.max_prompt_length},
-                    libraries=export.library_versions())
+                    libraries=run_folder.library_versions())
     ref_started = time.monotonic()
     reference, cached = reference_logps(
         scorer, encoded, key=key, cache_dir=cache_dir(snapshot) if config.cache_reference else None,
@@ -236,7 +237,7 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
             "reference_cache": {"key": key, "hit": cached, "seconds": round(time.monotonic() - ref_started, 3)},
             "device": str(device), "setup_seconds": round(time.monotonic() - started, 2)}
     out.mkdir(parents=True, exist_ok=True)
-    export.clear_partial(out)
+    run_folder.clear_partial(out)
     return Run(config, processes, device, out, tokenizer, model, scorer, encoded, reference, weights, plan,
                optimizer, scheduler, identity, meta)
 
@@ -244,7 +245,7 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
 def fit(run: Run, say: Callable) -> dict:
     c, processes = run.config, run.processes
     start_step = _maybe_resume(run, say)
-    metrics_log = _MetricsLog(run.out / export.METRICS, keep_until=start_step, main=processes.main)
+    metrics_log = _MetricsLog(run_folder.metrics_path(run.out), keep_until=start_step, main=processes.main)
     params = run.scorer.trainable_parameters()
     run.model.train()
     began, last_say, history = time.monotonic(), 0.0, []
@@ -310,10 +311,10 @@ def _finish(run: Run, history: list, start_step: int, began: float, say: Callabl
                "tokens": sum(r["tokens"] for r in history), "final": final}
     _check_processes_agree(run)
     if run.processes.main:
-        export.write_adapter(run.out, run.model, run.tokenizer)
-        meta = dict(run.meta, summary=summary, libraries=export.library_versions(),
+        run_folder.write_adapter(run.out, run.model, run.tokenizer)
+        meta = dict(run.meta, summary=summary, libraries=run_folder.library_versions(),
                     finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        export.write_meta(run.out, meta)
+        run_folder.write_meta(run.out, meta)
         checkpoint.remove_all(run.out)
     distributed.barrier(run.processes)
     say(f"train: done, {summary['steps']:,} steps in {elapsed:,.1f}s; last {len(tail)} steps: loss "
@@ -365,13 +366,6 @@ def _class_weights(config: TrainConfig, stats: dict, counts: dict, say: Callable
         if warning:
             say(f"warning: {warning}")
     return weights
-
-
-def _read_stats(snapshot: Path) -> dict:
-    path = snapshot / "stats.json"
-    if not path.exists():
-        raise TrainingError(f"{path} not found: --snapshot must be a folder written by `thumbs curate`")
-    return json.loads(path.read_text())
 
 
 def _mean(values: list) -> Optional[float]:
