@@ -28,8 +28,9 @@ from typing import Callable
 
 from deploy import vllm_rules, vllm_server
 from deploy.registry import Registry, RegistryError
-from ingest.faults import as_disk_full, fault_point
+from common.faults import as_disk_full, fault_point
 from training.model import resolve_model_path, weights_fingerprint
+from training.run_folder import read_meta
 
 FORMATS = ("peft", "merged")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -65,7 +66,7 @@ def export(registry: Registry, ref: str, fmt: str, out: Path, *, dtype: str = "b
         shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
     with tempfile.TemporaryDirectory(prefix=".thumbs-export-") as scratch, \
             registry.checkout(version, Path(scratch)) as source:
-        meta = json.loads((source / "thumbs_meta.json").read_text())
+        meta = read_meta(source)
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
         try:
             architecture = _architecture(meta, base_model)
@@ -218,3 +219,14 @@ def _swap_in(staging: Path, out: Path) -> None:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
+
+def serving_record(out: Path) -> dict:
+    """The serving.json of an export folder, {} when there is none (nothing exported yet)."""
+    path = Path(out) / "serving.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def holds(record: dict, registry: Registry, version: str, fmt: str) -> bool:
+    """Whether an export folder's serving.json says it holds `version` of this registry's model in `fmt`."""
+    return (record.get("version"), record.get("format"), record.get("registry"), record.get("name")) == \
+        (version, fmt, registry.url, registry.name)

@@ -43,7 +43,8 @@ def main() -> int:
     # The demo runs on its own embedded Prefect server (PREFECT_HOME), never on a team's server: it frees
     # its lock below, which must not touch a real retrain's.
     os.environ.pop("PREFECT_API_URL", None)
-    from flows.nightly import nightly_retrain, release_lock
+    from flows.lock import release_lock
+    from flows.nightly import nightly_retrain
     from flows.params import RetrainParams
     from training.model import nf4_unavailable, pick_device
 

@@ -11,90 +11,17 @@ production can only change inside `promote`, whose registry write is atomic.
 
 from __future__ import annotations
 
-import contextlib
-import json
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
 
+from flows.lock import retrain_lock
+from flows.stages import StageFailed, stage  # noqa: F401  (StageFailed: what a failed run raises)
 from flows.params import RetrainParams
-
-
-class StageFailed(RuntimeError):
-    """The named stage of the retrain failed. Production changes only in `promote`; after it, only `export`
-    can fail the run (the registry then names the new production and the serving folder still holds the
-    old one, until the next run or `thumbs export` writes it)."""
-
-    def __init__(self, stage: str, error: BaseException):
-        super().__init__(f"stage '{stage}' failed: {type(error).__name__}: {error}")
-        self.stage = stage
-
-
-def stage(name: str, step: Callable, *args: Any) -> Any:
-    try:
-        return step(*args)
-    except Exception as err:  # re-raised with the stage's name: the flow run's message says where it broke
-        raise StageFailed(name, err) from err
-
-
-def ensure_concurrency_limit(name: str, limit: int = 1) -> None:
-    """Create the global concurrency limit if missing: Prefect skips (with a warning) limits that do not exist."""
-    from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
-            except ObjectAlreadyExists:  # another run created it first
-                pass
-
-
-def lock_name(model_name: str) -> str:
-    return f"thumbs-retrain-{model_name}"
-
-
-@contextlib.contextmanager
-def retrain_lock(params: RetrainParams):
-    """One retrain at a time per model, across processes and machines (a Prefect global concurrency limit)."""
-    name = lock_name(params.model_name)
-    held = contextlib.ExitStack()
-    try:  # only the acquisition: errors of the stages below pass through untouched
-        ensure_concurrency_limit(name)
-        # A lease renewal lost to one API hiccup must not kill hours of training: it is logged, not raised.
-        held.enter_context(concurrency(name, occupy=1, strict=True, timeout_seconds=params.lock_timeout_s,
-                                       raise_on_lease_renewal_failure=False))
-    except TimeoutError as err:
-        raise StageFailed("lock", RuntimeError(
-            f"another retrain of {params.model_name!r} held the lock for over {params.lock_timeout_s:.0f}s. If none is "
-            f"running (a killed run can leave its slot taken), free it with `thumbs unlock {params.model_name}`")) from err
-    except Exception as err:
-        raise StageFailed("lock", err) from err
-    with held:
-        yield
-
-
-def release_lock(model_name: str) -> int:
-    """Free the slots of a retrain lock (left by a killed run); returns how many were taken."""
-    from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            taken = client.read_global_concurrency_limit_by_name(lock_name(model_name)).active_slots
-        except ObjectNotFound:
-            return 0
-        client.update_global_concurrency_limit(lock_name(model_name), GlobalConcurrencyLimitUpdate(active_slots=0))
-    return taken
 
 
 def _log() -> Callable[[str], None]:
@@ -107,8 +34,9 @@ def _log() -> Callable[[str], None]:
 @task(name="ingest", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10))
 def ingest_feedback(params: RetrainParams) -> dict:
     from ingest.job import IngestConfig, ingest
+    from ingest.sources import expand_sources
 
-    sources = _expand(params.sources)
+    sources = expand_sources(params.sources)
     summary = ingest(sources, params.path("lake"), IngestConfig(format=params.source_format, scrub_pii=params.scrub_pii,
                                                                 insecure_dev_key=params.insecure_dev_key),
                      progress=False)
@@ -130,13 +58,12 @@ def _snapshot_key(context, arguments: dict) -> Optional[str]:
     """The snapshot's content id (lake files in the window + curation config): same data, same key, task skipped."""
     from ingest.curate import partition_files, snapshot_id
     from ingest.snapshot import is_published
-    from ingest.curation import CurateConfig
 
     params: RetrainParams = arguments["params"]
     lake = Path(params.path("lake"))
     since, until = _window(params)
     try:
-        sid = snapshot_id(partition_files(lake, since, until), lake, CurateConfig(eval_fraction=params.eval_fraction),
+        sid = snapshot_id(partition_files(lake, since, until), lake, params.curate_config(),
                           since, until)
     except Exception:  # noqa: BLE001  (no lake yet: no cache; the task itself reports the problem)
         return None
@@ -148,11 +75,10 @@ def _snapshot_key(context, arguments: dict) -> Optional[str]:
       retry_delay_seconds=exponential_backoff(backoff_factor=10))
 def curate_window(params: RetrainParams) -> dict:
     from ingest.curate import curate
-    from ingest.curation import CurateConfig
 
     since, until = _window(params)
     stats = curate(params.path("lake"), params.path("snapshots"), since, until,
-                   CurateConfig(eval_fraction=params.eval_fraction))
+                   params.curate_config())
     _log()(f"snapshot {stats['snapshot_id']} ({'reused' if stats['reused'] else 'new'}): {stats['n_desirable']:,} up / "
            f"{stats['n_undesirable']:,} down in train; λD={stats['desirable_weight']:.4f} λU={stats['undesirable_weight']:.4f}")
     return stats
@@ -216,17 +142,16 @@ def promote_adapter(params: RetrainParams, adapter: str) -> dict:
 @task(name="export", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5))
 def export_production(params: RetrainParams) -> Optional[dict]:
     """Export production unless the serving folder already holds it: a failed or skipped export heals next run."""
-    from deploy.export import export
+    from deploy.export import export, holds, serving_record
     from deploy.registry import Registry
 
     registry, out = Registry(params.path("registry"), params.model_name), Path(params.path("export_dir"))
     production = registry.aliases()["production"]
     if params.export_format == "none" or production is None:
         return None
-    current = json.loads((out / "serving.json").read_text()) if (out / "serving.json").is_file() else {}
+    current = serving_record(out)
     exported = None
-    if (current.get("version"), current.get("format"), current.get("registry"), current.get("name")) != \
-            (production, params.export_format, registry.url, registry.name):  # else: exported already
+    if not holds(current, registry, production, params.export_format):  # else: exported already
         try:
             exported = export(registry, "production", params.export_format, out, base_model=params.base_model,
                               max_lora_rank=params.max_lora_rank, for_vllm=bool(params.notify), log=_log())
@@ -322,21 +247,3 @@ def summarize(ingested, snapshot, trained, evaluation, record, exported, out) ->
         "served": (exported or {}).get("served"),
     }
 
-
-def _expand(sources: list) -> list:
-    """Files, folders (their *.jsonl / *.jsonl.gz) and glob patterns, sorted; a pattern matching nothing is an error."""
-    import glob
-
-    files = []
-    for source in sources:
-        path = Path(source)
-        if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz", ".json")))
-        elif path.exists():
-            files.append(path)
-        else:
-            matched = sorted(Path(p) for p in glob.glob(source))
-            if not matched:
-                raise FileNotFoundError(f"feedback source {source} matches no file")
-            files += matched
-    return files

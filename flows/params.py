@@ -93,6 +93,12 @@ class RetrainParams(BaseModel):
         value = getattr(self, field, None)
         return str(value) if value else str(Path(self.workdir) / field.replace("export_dir", "serving"))
 
+    def curate_config(self):
+        """The CurateConfig these parameters ask for: one place, so the curate task and its cache key agree."""
+        from ingest.curation import CurateConfig
+
+        return CurateConfig(eval_fraction=self.eval_fraction)
+
     def train_overrides(self) -> dict:
         """TrainConfig fields set here (None = keep the YAML's or the default)."""
         fields = {"beta": self.beta, "desirable_weight": self.desirable_weight,

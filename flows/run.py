@@ -60,7 +60,7 @@ def run_command(
 
 def unlock_command(model_name: str = typer.Argument("default", help="Model name whose retrain lock to free.")) -> None:
     """Free a retrain lock left taken by a killed run (only when no retrain of that model is running)."""
-    from flows.nightly import lock_name, release_lock
+    from flows.lock import lock_name, release_lock
 
     typer.echo(f"{lock_name(model_name)}: freed {release_lock(model_name)} slot(s)")
 

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 BLOCK_BYTES = 16 << 20
@@ -112,3 +113,22 @@ def _split(stream: BinaryIO, max_line_bytes: int, block_bytes: int,
         yield skipping
     elif carry:
         yield Block(line_no, carry, 1)
+
+
+def expand_sources(sources: list) -> list:
+    """Files, folders (their *.jsonl / *.jsonl.gz) and glob patterns, sorted; a pattern matching nothing is an error."""
+    import glob
+
+    files = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz", ".json")))
+        elif path.exists():
+            files.append(path)
+        else:
+            matched = sorted(Path(p) for p in glob.glob(source))
+            if not matched:
+                raise FileNotFoundError(f"feedback source {source} matches no file")
+            files += matched
+    return files

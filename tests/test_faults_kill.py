@@ -10,7 +10,6 @@ mid-checkpoint, promote mid-copy and between registering and the alias write, ex
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

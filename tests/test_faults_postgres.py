@@ -92,7 +92,7 @@ def test_concurrent_runs_on_a_postgres_backed_server_and_a_server_restart(postgr
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.nightly import lock_name
+    from flows.lock import lock_name
 
     home, workdir = tmp_path / "home", tmp_path / "work"
     defaults = {"sources": [str(style_snapshot.parents[1] / "feedback.jsonl")], "workdir": str(workdir),

@@ -98,7 +98,8 @@ def test_a_taken_lock_fails_the_run_before_any_stage_and_unlock_frees_a_leaked_s
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.concurrency.sync import concurrency
 
-    from flows.nightly import ensure_concurrency_limit, lock_name, nightly_retrain
+    from flows.lock import ensure_concurrency_limit, lock_name
+    from flows.nightly import nightly_retrain
 
     workdir = tmp_path / "work"
     name = lock_name("locked")
