@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from ingest.privacy import Pseudonymizer, scrub_array
-from ingest.schema import FEEDBACK_SCHEMA, MESSAGE_TYPE, ROLES
+from ingest.schema import DOWN_LABELS, FEEDBACK_SCHEMA, MESSAGE_TYPE, ROLES, UP_LABELS
 from ingest.sources import UTF8_BOM
 
 _STRING_FIELDS = ("event_id", "timestamp", "completion", "user_id", "conversation_id", "model_version")
@@ -29,7 +29,6 @@ _PARSE = pj.ParseOptions(
 )
 # Arrow parses its blocks on all cores; a line longer than one fails the block, which then goes per line.
 _ARROW_BLOCK = 1 << 20
-_UP, _DOWN = ["up", "thumbs_up"], ["down", "thumbs_down"]
 
 
 def _read(block: bytes, n_lines: int) -> pa.Table | None:
@@ -117,8 +116,8 @@ def _label_column(label: pa.Array) -> tuple[pa.Array, pa.Array] | None:
         return pc.equal(label, 1), pc.fill_null(pc.is_in(label, pa.array([1, -1], label.type)), False)
     if pa.types.is_string(label.type):
         folded = pc.utf8_lower(pc.utf8_trim_whitespace(label))
-        up = pc.is_in(folded, pa.array(_UP))
-        return up, pc.fill_null(pc.or_(up, pc.is_in(folded, pa.array(_DOWN))), False)
+        up = pc.is_in(folded, pa.array(UP_LABELS))
+        return up, pc.fill_null(pc.or_(up, pc.is_in(folded, pa.array(DOWN_LABELS))), False)
     return None
 
 

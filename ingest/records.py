@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ingest.schema import ROLES, Reason
+from ingest.schema import DOWN_LABELS, ROLES, UP_LABELS, Reason
 
 FORMATS = ("events", "pairs", "hh", "trl-kto", "langfuse", "langsmith", "otel-genai", "openai")
 FOREIGN_FORMATS = FORMATS[3:]  # read by ingest/formats/ into events records
 
-_UP_LABELS = {"up", "thumbs_up"}
-_DOWN_LABELS = {"down", "thumbs_down"}
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 _HH_LAST_ANSWER = "\n\nAssistant:"
@@ -57,11 +55,12 @@ def parse_label(value: Any) -> bool:
             return value == 1
     elif isinstance(value, str):
         folded = value.strip().lower()
-        if folded in _UP_LABELS:
+        if folded in UP_LABELS:
             return True
-        if folded in _DOWN_LABELS:
+        if folded in DOWN_LABELS:
             return False
-    raise BadRow(Reason.BAD_LABEL, f"label {value!r} is not up/down, thumbs_up/thumbs_down, true/false or 1/-1")
+    raise BadRow(Reason.BAD_LABEL, f"label {value!r} is not up/down or thumbs_up/thumbs_down (any case), "
+                 "a JSON true/false, or the number 1/-1")
 
 
 def parse_timestamp(value: Any) -> datetime:

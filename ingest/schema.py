@@ -43,6 +43,12 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
+# The label vocabulary, one home for both ingest paths (records.py per line, arrow_path.py per block): strings
+# compared after strip + lower case; JSON booleans and the integers 1 / -1 are accepted as well.
+UP_LABELS = ("up", "thumbs_up")
+DOWN_LABELS = ("down", "thumbs_down")
+
+
 class Reason(str, enum.Enum):
     """Why a line went to quarantine. The value is what the `reason` column holds."""
 
