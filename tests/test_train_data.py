@@ -7,7 +7,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.conftest import TINY_GPT2
-from training.data import DataError, collate, encode, kl_partners, plan_epoch, read_split, render
+from ingest.snapshot import read_split
+from training.data import DataError, collate, encode, kl_partners, plan_epoch, render
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from ingest.snapshot import TRAIN, read_stats, split_files
 from tests.conftest import ROOT
-from training.config import DEFAULTS_YAML, TrainConfig
+from training.config import TrainConfig
 from training.model import weights_fingerprint
 from training.refcache import cache_dir
 from training.trainer import Diverged, fit, setup, train
@@ -237,11 +237,3 @@ def test_two_cpu_processes_on_gloo_train_one_adapter(snapshot, tiny_model, tmp_p
     rows = metrics(out)
     assert [r["examples"] for r in rows] == [8, 8, 8]  # 4 per process, summed over both
     assert all(math.isfinite(r["kl"]) and r["kl"] >= 0 for r in rows)
-
-
-def test_the_shipped_yaml_states_the_dataclass_defaults():
-    assert TrainConfig.load(DEFAULTS_YAML) == TrainConfig()
-    with pytest.raises(ValueError, match="unknown training config field"):
-        TrainConfig.load(None, betta=0.2)
-    with pytest.raises(ValueError, match="micro_batch_size must be at least 2"):
-        TrainConfig(micro_batch_size=1)

@@ -206,7 +206,7 @@ def test_thumbs_inspect_shows_the_trained_ids_and_the_marked_span(name, hh_snaps
     from typer.testing import CliRunner
 
     from flows.cli import app
-    from training.data import read_split
+    from ingest.snapshot import read_split
 
     base = SHARED / "tokenizers" / name
     result = CliRunner().invoke(app, ["inspect", "--snapshot", str(hh_snapshot), "--base-model", str(base),
