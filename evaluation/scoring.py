@@ -23,7 +23,8 @@ from torch import nn
 
 from evaluation.generate import generate
 from training.data import Encoded, collate
-from training.model import load_base
+from training.logprobs import head_logits
+from training.model import check_head, disable_dropout, head_spec, load_base
 
 CHUNK_TOKENS = 256
 
@@ -40,9 +41,7 @@ def load_adapters(model_dir: Path, adapters: Dict[str, Path], quantize: str, dev
     # Train mode with every dropout off, not eval mode (peft sets eval): in eval mode bitsandbytes repacks 4-bit
     # CPU weights for inference, which fails on small layers and rounds differently from training.
     model.train()
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
+    disable_dropout(model)  # LoRA's dropout too: scoring is deterministic
     return model
 
 
@@ -51,8 +50,10 @@ def score_examples(model: nn.Module, encoded: Encoded, names: List[str], *, batc
     """Per adapter: (N,) policy and reference log-probs, (N,) summed token KL and (N,) completion lengths."""
     hf = model.get_base_model()
     backbone, head = getattr(hf, hf.base_model_prefix), hf.get_output_embeddings()
-    softcap = getattr(hf.config, "final_logit_softcapping", None)
+    softcap, scale = head_spec(hf)  # the model's own head processing, exactly as training scores
     autocast = next(hf.parameters()).device.type == "cuda"
+    with model.disable_adapter():
+        check_head(hf, backbone, head, softcap, scale, autocast)
     device = next(hf.parameters()).device
     n = len(encoded)
     out = {name: {"policy_logps": np.zeros(n), "reference_logps": np.zeros(n), "kl": np.zeros(n)} for name in names}
@@ -76,7 +77,8 @@ def score_examples(model: nn.Module, encoded: Encoded, names: List[str], *, batc
             for name in names:
                 model.set_adapter(name)
                 policy_states = states()
-                logps_p, logps_r, kl = _per_token(model, head, policy_states, reference_states, targets, softcap)
+                logps_p, logps_r, kl = _per_token(model, head, policy_states, reference_states, targets, softcap,
+                                                  scale)
                 for key, values in (("policy_logps", logps_p), ("reference_logps", logps_r), ("kl", kl)):
                     sums = torch.zeros(len(idx), dtype=torch.float64, device=device).index_add(0, rows, values)
                     out[name][key][idx] = sums.cpu().numpy()
@@ -90,14 +92,14 @@ def score_examples(model: nn.Module, encoded: Encoded, names: List[str], *, batc
     return out
 
 
-def _per_token(model, head, policy_states, reference_states, targets, softcap) -> tuple:
+def _per_token(model, head, policy_states, reference_states, targets, softcap, scale) -> tuple:
     """Target log-probs under policy and reference, and the exact KL, per completion token (float64)."""
     logps_p, logps_r, kl = [], [], []
     for s in range(0, len(targets), CHUNK_TOKENS):
         t = targets[s:s + CHUNK_TOKENS]
         with model.disable_adapter():  # the head too, in case the adapter targets it
-            lr = _log_softmax(head(reference_states[s:s + CHUNK_TOKENS]), softcap)  # (n, V)
-        lp = _log_softmax(head(policy_states[s:s + CHUNK_TOKENS]), softcap)
+            lr = _log_softmax(head(reference_states[s:s + CHUNK_TOKENS]), softcap, scale)  # (n, V)
+        lp = _log_softmax(head(policy_states[s:s + CHUNK_TOKENS]), softcap, scale)
         logps_p.append(lp.gather(1, t[:, None])[:, 0])
         logps_r.append(lr.gather(1, t[:, None])[:, 0])
         kl.append((lp.exp() * (lp - lr)).sum(-1))
@@ -106,11 +108,8 @@ def _per_token(model, head, policy_states, reference_states, targets, softcap) -
     return cat(logps_p), cat(logps_r), cat(kl)
 
 
-def _log_softmax(logits: torch.Tensor, softcap) -> torch.Tensor:
-    logits = logits.float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return torch.log_softmax(logits, dim=-1)
+def _log_softmax(raw: torch.Tensor, softcap, scale) -> torch.Tensor:
+    return torch.log_softmax(head_logits(raw, softcap, scale), dim=-1)
 
 
 def generation_lengths(model, tokenizer, prompts: List[list], names: List[str], *, max_new_tokens: int,

@@ -15,7 +15,7 @@ from evaluation.cli import evaluate_command
 from flows.deployments import deploy_command, ui_command
 from flows.run import run_command, unlock_command
 from ingest.cli import curate_command, ingest_command
-from training.cli import train_command
+from training.cli import inspect_command, train_command
 
 # `thumbs run` works with no server: Prefect's embedded one, explicitly (a profile may have turned it off),
 # with room for a first start that creates its database on a slow disk.
@@ -28,6 +28,7 @@ app.command("ingest")(ingest_command)
 app.command("curate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
     curate_command)
 app.command("train")(train_command)
+app.command("inspect")(inspect_command)
 app.command("evaluate")(evaluate_command)
 app.command("promote")(promote_command)
 app.command("rollback")(rollback_command)

@@ -36,8 +36,8 @@ class CurateConfig:
     """Examples whose completion is longer are dropped (too_long)."""
     min_per_class: int = 1
     """Fewer train examples than this of either class stops curation with an error."""
-    balance_target: float = 1.0
-    """λD·nD / (λU·nU) to aim for when a class must be up-weighted; inside [1, 4/3]."""
+    balance_target: float = 4 / 3
+    """Upper edge of the band [1, balance_target] that λD·nD / (λU·nU) is brought into; at most 4/3."""
     n_buckets: int = 64
     """Hash buckets the rows are grouped in; bounds what one worker holds at once."""
 

@@ -47,8 +47,8 @@ def test_z0_is_the_clamped_mean_log_ratio_of_the_mismatched_pairs_and_is_detache
         estimate_kl(torch.zeros(0), torch.zeros(0))
 
 
-def naive_completion_logps(hidden, head, input_ids, completion_mask, softcap=None):
-    logits = head(hidden)
+def naive_completion_logps(hidden, head, input_ids, completion_mask, softcap=None, scale=1.0):
+    logits = head(hidden) * scale  # Cohere multiplies; Granite divides (scale = 1 / logits_scaling)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     logps = logits.log_softmax(-1)[:, :-1]  # (B, T-1, V): the whole batch at once
@@ -57,8 +57,8 @@ def naive_completion_logps(hidden, head, input_ids, completion_mask, softcap=Non
 
 
 @pytest.mark.parametrize("frozen", [True, False], ids=["fused-frozen-head", "checkpointed-any-head"])
-@pytest.mark.parametrize("softcap", [None, 2.0])
-def test_chunked_log_probs_and_their_gradients_equal_the_full_logits_computation(frozen, softcap):
+@pytest.mark.parametrize("softcap, scale", [(None, 1.0), (2.0, 1.0), (None, 0.125), (2.0, 4.0)])
+def test_chunked_log_probs_and_their_gradients_equal_the_full_logits_computation(frozen, softcap, scale):
     torch.manual_seed(0)
     B, T, C, V = 3, 7, 5, 11
     head = torch.nn.Linear(C, V, bias=True).double().requires_grad_(not frozen)
@@ -69,15 +69,16 @@ def test_chunked_log_probs_and_their_gradients_equal_the_full_logits_computation
     mask[2, 1:2] = True  # a one-token completion
     hidden = torch.randn(B, T, C, dtype=torch.float64, requires_grad=True)
 
-    expected = naive_completion_logps(hidden, head, input_ids, mask, softcap)
+    expected = naive_completion_logps(hidden, head, input_ids, mask, softcap, scale)
     (grad_expected,) = torch.autograd.grad(expected.sum() * 0.5, hidden)  # a non-unit upstream gradient
-    got = completion_logps(hidden, head, input_ids, mask, chunk_tokens=3, softcap=softcap)  # 8 tokens: 3 chunks
+    got = completion_logps(hidden, head, input_ids, mask, chunk_tokens=3, softcap=softcap, scale=scale)  # 3 chunks
     (grad_got,) = torch.autograd.grad(got.sum() * 0.5, hidden)
     torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(grad_got, grad_expected, atol=1e-6, rtol=0)
     assert grad_got[1, 6:].abs().sum() == 0  # padding and the last position predict nothing
     with torch.no_grad():
-        torch.testing.assert_close(completion_logps(hidden, head, input_ids, mask, 3, softcap).double(), expected,
+        no_grad = completion_logps(hidden, head, input_ids, mask, 3, softcap, scale)
+        torch.testing.assert_close(no_grad.double(), expected,
                                    atol=1e-6, rtol=0)
 
 

@@ -39,15 +39,17 @@ def test_chat_template_is_used_when_the_tokenizer_has_one(tokenizer):
     assert (prompt, completion, templated) == ("<|user|>Hi<|end|><|assistant|>", "Hello.<|end|>", True)
 
 
-def test_truncation_keeps_the_prompt_end_and_the_completion_start_and_is_counted(rows, tokenizer):
+def test_truncation_keeps_the_prompt_start_and_end_and_the_completion_start_and_is_counted(rows, tokenizer):
     full = encode(rows, tokenizer, max_length=4096, max_prompt_length=2048)
     short = encode(rows, tokenizer, max_length=64, max_prompt_length=40)
     assert len(short) == len(full) == len(rows)  # nothing dropped: truncated and counted
     cut_prompts = sum(len(p) > 40 for p in full.prompt_ids)
     assert short.counts["truncated_prompt"] == cut_prompts > 0
+    human, assistant = tokenizer("\n\nHuman:")["input_ids"], tokenizer("\n\nAssistant:")["input_ids"]
     cut_completions = 0
     for fp, fc, sp, sc in zip(full.prompt_ids, full.completion_ids, short.prompt_ids, short.completion_ids):
-        assert sp.tolist() == fp[-40:].tolist()
+        assert len(sp) <= 40
+        assert sp[:len(human)].tolist() == human and sp[-len(assistant):].tolist() == assistant  # turn headers stay
         assert sc.tolist() == fc[:64 - len(sp)].tolist()
         cut_completions += len(fc) > 64 - len(sp)
     assert short.counts["truncated_completion"] == cut_completions > 0

@@ -104,12 +104,22 @@ def test_reference_log_probs_are_cached_per_snapshot_and_base(snapshot, tiny_mod
     train(snapshot, str(tiny_model), tmp_path / "c", quick(max_steps=1, quantize="none"), log=lambda s: None)
     third = json.loads((tmp_path / "c" / "thumbs_meta.json").read_text())
     assert third["reference_cache"]["hit"] is False  # another quantisation is another reference
+    # Only config.json changes (the weights do not): another model, another reference.
+    edited = Path(shutil.copytree(tiny_model, tmp_path / "edited-base"))
+    config = json.loads((edited / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps(dict(config, layer_norm_epsilon=0.5)))
+    train(snapshot, str(edited), tmp_path / "d", quick(max_steps=1), log=lambda s: None)
+    fourth = json.loads((tmp_path / "d" / "thumbs_meta.json").read_text())
+    assert fourth["reference_cache"]["hit"] is False and fourth["base_model_sha256"] == first["base_model_sha256"]
+    # Only the truncation limits change: another reference too.
+    train(snapshot, str(tiny_model), tmp_path / "e", quick(max_steps=1, max_prompt_length=100), log=lambda s: None)
+    assert json.loads((tmp_path / "e" / "thumbs_meta.json").read_text())["reference_cache"]["hit"] is False
 
 
 def test_killed_run_resumes_to_the_same_adapter_as_an_uninterrupted_one(snapshot, tiny_model, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("max_steps: 16\ncheckpoint_every: 2\nmicro_batch_size: 4\nmax_length: 256\n"
-                      "max_prompt_length: 128\nlearning_rate: 1.0e-3\n")
+                      "max_prompt_length: 128\nlearning_rate: 1.0e-3\nlora_dropout: 0.1\n")  # randomness to restore
     args = ["--snapshot", str(snapshot), "--base-model", str(tiny_model), "--config", str(config)]
     straight = thumbs(*args, "--out", str(tmp_path / "straight"))
     assert straight.wait(timeout=600) == 0, straight.stderr.read()
@@ -139,12 +149,42 @@ def test_killed_run_resumes_to_the_same_adapter_as_an_uninterrupted_one(snapshot
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=1e-5)
 
 
+def test_resume_restores_rng_optimizer_and_scheduler_each_of_which_matters(snapshot, tiny_model, tmp_path,
+                                                                           monkeypatch):
+    from training import checkpoint
+
+    monkeypatch.setattr(checkpoint, "remove_all", lambda out: None)  # keep the straight run's checkpoints
+    config = quick(max_steps=6, checkpoint_every=3, keep_checkpoints=1, lora_dropout=0.1, warmup_ratio=0.5)
+    train(snapshot, str(tiny_model), tmp_path / "straight", config, log=lambda s: None)
+    straight = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
+    saved = tmp_path / "straight" / "checkpoints" / "step-0000003"
+
+    def resumed(name: str, spoil) -> float:
+        out = tmp_path / name
+        shutil.copytree(saved, out / "checkpoints" / saved.name)
+        blob = torch.load(out / "checkpoints" / saved.name / "optimizer.pt", weights_only=False)
+        spoil(blob)
+        torch.save(blob, out / "checkpoints" / saved.name / "optimizer.pt")
+        train(snapshot, str(tiny_model), out, config, resume=True, log=lambda s: None)
+        got = load_file(str(out / "adapter_model.safetensors"))
+        return max(float((got[k] - straight[k]).abs().max()) for k in straight)
+
+    assert resumed("intact", lambda blob: None) <= 1e-6
+    other_rng = torch.Generator().manual_seed(12345).get_state()
+    assert resumed("rng", lambda blob: blob.update(rng_cpu=other_rng)) > 1e-5  # LoRA dropout draws other masks
+    assert resumed("optimizer", lambda blob: blob["optimizer"].update(state={})) > 1e-5  # Adam's moments lost
+    assert resumed("scheduler", lambda blob: blob["scheduler"].update(last_epoch=0, _step_count=1)) > 1e-5
+
+
 def test_z0_stays_finite_and_non_negative_and_rises_when_the_policy_is_pushed_away(snapshot, tiny_model, tmp_path):
     out = tmp_path / "pushed"
     # A large learning rate with thumbs-up weighted 4x raises the likelihood of all real text bluntly:
     # the mismatched completions get likelier too, which is what z0 is there to measure.
+    lines = []
     train(snapshot, str(tiny_model), out, quick(max_steps=6, learning_rate=1e-2, desirable_weight=4.0),
-          log=lambda s: None)
+          log=lines.append)
+    # λD set by hand, λU from the snapshot: the pair is checked against the band, by name.
+    assert any(line.startswith("warning: λD=4, λU=1") and "outside [1, 4/3]" in line for line in lines)
     kl = [r["kl"] for r in metrics(out)]
     assert all(math.isfinite(k) and k >= 0 for k in kl)
     assert kl[0] == 0.0  # before the first update policy == reference

@@ -1,4 +1,5 @@
-"""The `thumbs train` command; also `python -m training.cli` (what `torchrun -m` launches per process)."""
+"""The `thumbs train` and `thumbs inspect` commands; also `python -m training.cli` (what `torchrun -m` launches
+per process, for `train`)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,25 @@ def train_command(
         raise typer.Exit(1 if isinstance(err, Diverged) else 2)  # 2: change the command or the data; 1: the run failed
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
+
+
+def inspect_command(
+    snapshot: Path = typer.Option(..., "--snapshot", help="Snapshot folder written by `thumbs curate`."),
+    base_model: str = typer.Option(..., "--base-model", help="Local model folder (only its tokenizer is read)."),
+    n: int = typer.Option(5, "--n", min=0, help="Examples to show."),
+    json_out: bool = typer.Option(False, "--json", help="Print ids, texts, counts and dropped rows as JSON."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Training YAML whose truncation limits to use."),
+    split: str = typer.Option("train", "--split", help="train | eval."),
+) -> None:
+    """Show the exact token sequences training sees: completion span marked, ids, truncated/unsplittable counts."""
+    from training.data import DataError
+    from training.inspection import inspect_command as run
+
+    try:
+        typer.echo(run(snapshot, base_model, n=n, json_out=json_out, config_file=config_file, split=split))
+    except (ValueError, FileNotFoundError, DataError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
 
 
 if __name__ == "__main__":

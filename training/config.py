@@ -23,7 +23,8 @@ class TrainConfig:
     beta: float = 0.1
     """β: sharpness of the value function around z0. Paper: 0.1 to 1 without SFT, 0.01 to 0.1 after SFT."""
     desirable_weight: Optional[float] = None
-    """λD; None takes the snapshot's stats.json (set from the class counts at curation)."""
+    """λD; None takes the snapshot's stats.json (set from the class counts at curation). Set by hand (either
+    weight), λD·nD / (λU·nU) is checked against [1, 4/3] on the train counts and a warning printed outside it."""
     undesirable_weight: Optional[float] = None
     """λU; None takes the snapshot's stats.json."""
     z0: str = "kl"
@@ -54,7 +55,8 @@ class TrainConfig:
     max_length: int = 1024
     """Prompt + completion tokens; longer completions keep their start."""
     max_prompt_length: int = 512
-    """Longer prompts keep their end (the latest turns)."""
+    """Longer prompts keep BOS, the system prompt and the template's headers; the oldest turns go first,
+    then the start of the oldest remaining message."""
     length_group_size: int = 32
     """Micro-batches drawn from each length-sorted group (padding low); 1 disables grouping."""
 

@@ -1,17 +1,15 @@
-"""A snapshot's examples as token ids, the per-epoch micro-batch plan, and padded tensors for one micro-batch.
+"""A snapshot's examples as token ids, and padded tensors for one micro-batch.
 
-Rendering: with the tokenizer's chat template when it has one; otherwise the plain template
-
-    \\n\\nHuman: {user turn}\\n\\nAssistant: {assistant turn}...\\n\\nAssistant:   →   " {completion}<eos>"
-
-(Anthropic HH style; `system` turns render as `System:`). Prompt and completion are tokenized
-separately, so the boundary between them is exact. Truncation keeps the end of the prompt and the
-start of the completion; every truncated example is counted in `Encoded.counts`.
+How a conversation becomes prompt and completion ids (joint tokenization, the end-of-turn token,
+truncation) is `training/sequences.py`; the micro-batch plan and the z0 pairs are `training/plan.py`.
+Every example that is truncated or dropped is counted in `Encoded.counts`, and every dropped one is
+listed with its reason in `Encoded.dropped`: nothing is lost silently.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, NamedTuple, Optional
@@ -20,11 +18,12 @@ import numpy as np
 import pyarrow.dataset as ds
 import torch
 
-PLAIN_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+from training.plan import DataError, kl_partners, plan_epoch  # noqa: F401  (re-exported)
+from training.sequences import (PLAIN_ROLES, PromptTooLong, Template, Unsplittable, fit_prompt,  # noqa: F401
+                                render, split_conversation)
 
-
-class DataError(ValueError):
-    """The snapshot cannot be trained on as it is."""
+COUNT_KEYS = ("examples_in", "truncated_prompt", "dropped_turns", "truncated_completion", "template_inserted",
+              "dropped_empty", "unsplittable", "template_refused", "dropped_prompt_too_long")
 
 
 def read_split(snapshot: Path, split: str = "train") -> list:
@@ -37,19 +36,6 @@ def read_split(snapshot: Path, split: str = "train") -> list:
     return table.to_pylist()
 
 
-def render(messages: list, completion: str, tokenizer) -> tuple:
-    """(prompt text, completion text, whether the prompt text already holds the special tokens)."""
-    if getattr(tokenizer, "chat_template", None):
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}],
-                                             tokenize=False)
-        if full.startswith(prompt):
-            return prompt, full[len(prompt):], True
-        return prompt, completion + (tokenizer.eos_token or ""), True
-    turns = "".join(f"\n\n{PLAIN_ROLES.get(m['role'], m['role'].capitalize())}: {m['content']}" for m in messages)
-    return turns + "\n\nAssistant:", " " + completion, False
-
-
 @dataclass
 class Encoded:
     """Token ids of one split; `prompt_group` is equal exactly when two examples share a prompt."""
@@ -58,6 +44,8 @@ class Encoded:
     desirable: np.ndarray  # (N,) bool
     prompt_group: np.ndarray  # (N,) int64
     counts: dict = field(default_factory=dict)
+    rows: np.ndarray = None  # (N,) the row each example came from
+    dropped: list = field(default_factory=list)  # (row, reason) of every row that is not an example
 
     def __len__(self) -> int:
         return len(self.desirable)
@@ -75,40 +63,89 @@ class Encoded:
         return h.hexdigest()
 
 
-def encode(rows: list, tokenizer, max_length: int, max_prompt_length: int, split: str = "train") -> Encoded:
-    """Tokenize and truncate; raise DataError when the rows cannot train KTO at all."""
-    rendered = [render(r["prompt"], r["completion"], tokenizer) for r in rows]
-    templated = bool(rendered) and rendered[0][2]
-    prompts = tokenizer([p for p, _, _ in rendered], add_special_tokens=not templated)["input_ids"]
-    completions = tokenizer([c for _, c, _ in rendered], add_special_tokens=False)["input_ids"]
-    eos = [tokenizer.eos_token_id] if (not templated and tokenizer.eos_token_id is not None) else []
-
-    counts = {"examples_in": len(rows), "truncated_prompt": 0, "truncated_completion": 0, "dropped_empty": 0}
-    prompt_ids, completion_ids, desirable, groups = [], [], [], []
-    for row, (prompt_text, _, _), p, c in zip(rows, rendered, prompts, completions):
-        c = c + eos
-        if not p or not c:
-            counts["dropped_empty"] += 1
+def encode(rows: list, tokenizer, max_length: int, max_prompt_length: int, split: str = "train",
+           check: bool = True) -> Encoded:
+    """Tokenize every conversation jointly and truncate; raise DataError when the rows cannot train KTO at all."""
+    template = Template(tokenizer)
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    counts["examples_in"] = len(rows)
+    dropped: list = []
+    texts = _render_all(template, rows, counts, dropped)
+    prompt_lengths = [len(ids) for ids in template.ids([t[1] for t in texts])]
+    for k, (i, prompt_text, _, messages) in enumerate(texts):
+        if prompt_lengths[k] <= max_prompt_length:
             continue
-        if len(p) > max_prompt_length:
-            p, counts["truncated_prompt"] = p[-max_prompt_length:], counts["truncated_prompt"] + 1
-        if len(p) + len(c) > max_length:
-            c, counts["truncated_completion"] = c[:max_length - len(p)], counts["truncated_completion"] + 1
-        prompt_ids.append(np.asarray(p, dtype=np.int64))
-        completion_ids.append(np.asarray(c, dtype=np.int64))
-        desirable.append(bool(row["desirable"]))
-        groups.append(int.from_bytes(hashlib.blake2b(prompt_text.encode(), digest_size=8).digest(), "little",
-                                     signed=True))
-    encoded = Encoded(prompt_ids, completion_ids, np.array(desirable, dtype=bool), np.array(groups, dtype=np.int64))
-    counts.update(examples=len(encoded), desirable=int(encoded.desirable.sum()),
-                  undesirable=int((~encoded.desirable).sum()), prompts=len(set(groups)))
+        try:
+            messages, turns, cut = fit_prompt(template, messages, max_prompt_length)
+        except PromptTooLong as err:
+            texts[k] = None
+            counts["dropped_prompt_too_long"] += 1
+            dropped.append((i, f"prompt too long: {err}"))
+            continue
+        counts["truncated_prompt"] += 1
+        counts["dropped_turns"] += turns
+        texts[k] = (i, template.prompt(messages), template.full(messages, rows[i]["completion"]), messages)
+    texts = [t for t in texts if t is not None]
+    full_ids = template.ids([t[2] for t in texts])
+    prompt_ids = template.ids([t[1] for t in texts])
+
+    kept_p, kept_c, kept_rows = [], [], []
+    for (i, prompt_text, full_text, messages), p, f in zip(texts, prompt_ids, full_ids):
+        try:
+            split_ids = split_conversation(template, messages, rows[i]["completion"], prompt_text=prompt_text,
+                                           full_text=full_text, prompt_ids=p, full_ids=f)
+        except Unsplittable as err:
+            counts["unsplittable"] += 1
+            dropped.append((i, f"unsplittable: {err}"))
+            continue
+        c = split_ids.completion_ids
+        if len(split_ids.prompt_ids) + len(c) > max_length:
+            c = c[:max_length - len(split_ids.prompt_ids)]  # the completion keeps its start
+            counts["truncated_completion"] += 1
+        counts["template_inserted"] += split_ids.template_inserted
+        kept_p.append(np.asarray(split_ids.prompt_ids, dtype=np.int64))
+        kept_c.append(np.asarray(c, dtype=np.int64))
+        kept_rows.append(i)
+    # Two examples share a prompt exactly when the model sees the same prompt tokens.
+    groups = [int.from_bytes(hashlib.blake2b(p.tobytes(), digest_size=8).digest(), "little", signed=True)
+              for p in kept_p]
+    desirable = np.array([bool(rows[i]["desirable"]) for i in kept_rows], dtype=bool)
+    encoded = Encoded(kept_p, kept_c, desirable, np.array(groups, dtype=np.int64),
+                      rows=np.array(kept_rows, dtype=np.int64), dropped=sorted(dropped))
+    counts.update(examples=len(encoded), desirable=int(desirable.sum()), undesirable=int((~desirable).sum()),
+                  prompts=len(set(groups)))
     encoded.counts = counts
-    check_trainable(encoded, split)
+    if check:
+        check_trainable(encoded, split)
     return encoded
 
 
+def _render_all(template: Template, rows: list, counts: dict, dropped: list) -> list:
+    """(row, prompt text, whole conversation text, messages) of every row the template can render."""
+    from jinja2 import TemplateError
+
+    out = []
+    for i, row in enumerate(rows):
+        if not row["prompt"] or not str(row["completion"]).strip():
+            counts["dropped_empty"] += 1
+            dropped.append((i, "empty prompt or completion"))
+            continue
+        try:
+            out.append((i, template.prompt(row["prompt"]), template.full(row["prompt"], row["completion"]),
+                        row["prompt"]))
+        except TemplateError as err:  # e.g. Mistral's template refuses turns that do not alternate
+            counts["template_refused"] += 1
+            dropped.append((i, f"the chat template refused the conversation: {err}"))
+    return out
+
+
 def check_trainable(encoded: Encoded, split: str = "train") -> None:
+    """Refuse, before any model is loaded, data that KTO cannot train on; the message says what to change."""
     c = encoded.counts
+    lost = c.get("unsplittable", 0) + c.get("template_refused", 0) + c.get("dropped_prompt_too_long", 0)
+    if c["examples"] == 0 and lost:
+        raise DataError(f"none of the {c['examples_in']} {split} examples could be tokenized for training "
+                        f"({_first_reason(encoded)}); run `thumbs inspect` on the snapshot and this base model")
     if c["desirable"] == 0 or c["undesirable"] == 0:
         missing = "desirable (thumbs-up)" if c["desirable"] == 0 else "undesirable (thumbs-down)"
         raise DataError(
@@ -117,84 +154,16 @@ def check_trainable(encoded: Encoded, split: str = "train") -> None:
             "more feedback of that kind.")
     if c["prompts"] < 2:
         raise DataError("every example shares one prompt: z0 needs completions of at least 2 different prompts")
+    if split == "train":
+        top = max(Counter(encoded.prompt_group.tolist()).values())
+        if top > len(encoded) - top:
+            raise DataError(f"one prompt holds {top} of the {len(encoded)} train examples: z0 pairs each example "
+                            "with a completion of another prompt, so no prompt may hold more than half of them. "
+                            "Collect feedback on more prompts")
 
 
-# --- the plan: which examples form each micro-batch, epoch by epoch ---------------------------------------
-
-def plan_epoch(encoded: Encoded, epoch: int, seed: int, micro_batch_size: int, group_size: int) -> List[np.ndarray]:
-    """The epoch's micro-batches (arrays of example indices), shuffled, both classes in each, low padding.
-
-    The two classes are shuffled and interleaved in proportion; the stream is cut into groups of
-    `group_size` micro-batches; inside a group each class is sorted by length and micro-batch k takes
-    the k-th length slice of both classes; finally the micro-batches' order is shuffled. Every
-    micro-batch holds `micro_batch_size` examples (the epoch's last may hold up to 1.5x that), at least
-    2, and completions of at least 2 different prompts.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    lengths = encoded.lengths
-    d = rng.permutation(np.flatnonzero(encoded.desirable))
-    u = rng.permutation(np.flatnonzero(~encoded.desirable))
-    position = np.concatenate([(np.arange(len(d)) + 0.5) / len(d), (np.arange(len(u)) + 0.5) / len(u)])
-    order = np.concatenate([d, u])[np.argsort(position, kind="stable")]
-
-    batches: List[np.ndarray] = []
-    span = micro_batch_size * group_size
-    for start in range(0, len(order), span):
-        group = order[start:start + span]
-        n_batches = max(1, int(round(len(group) / micro_batch_size)))
-        batches.extend(_length_slices(group, n_batches, encoded.desirable, lengths))
-    batches = [batches[i] for i in rng.permutation(len(batches))]
-    _ensure_two_prompts(batches, encoded.prompt_group)
-    return batches
-
-
-def _length_slices(group: np.ndarray, n_batches: int, desirable: np.ndarray, lengths: np.ndarray) -> List[np.ndarray]:
-    d = group[desirable[group]]
-    u = group[~desirable[group]]
-    d = d[np.argsort(lengths[d], kind="stable")]
-    u = u[np.argsort(lengths[u], kind="stable")]
-    bounds = np.round(np.linspace(0, len(group), n_batches + 1)).astype(int)
-    out, di, ui = [], 0, 0
-    for k in range(n_batches):
-        size = bounds[k + 1] - bounds[k]
-        left = len(group) - bounds[k]
-        take_d = int(round(size * (len(d) - di) / left)) if left else 0
-        take_d = min(max(take_d, size - (len(u) - ui)), size, len(d) - di)
-        out.append(np.concatenate([d[di:di + take_d], u[ui:ui + size - take_d]]))
-        di, ui = di + take_d, ui + size - take_d
-    return out
-
-
-def _ensure_two_prompts(batches: List[np.ndarray], prompt_group: np.ndarray) -> None:
-    """Swap an example in from a neighbour where a micro-batch holds a single prompt (rare: many answers per prompt)."""
-    for i, batch in enumerate(batches):
-        if len(np.unique(prompt_group[batch])) > 1:
-            continue
-        for other in list(range(i + 1, len(batches))) + list(range(i)):
-            donor = batches[other]
-            for j in np.flatnonzero(prompt_group[donor] != prompt_group[batch[0]]):
-                batch[0], donor[j] = donor[j], batch[0]
-                if len(np.unique(prompt_group[donor])) > 1:
-                    break
-                batch[0], donor[j] = donor[j], batch[0]  # the donor would be left single-prompt: undo
-            else:
-                continue
-            break
-
-
-def kl_partners(groups: np.ndarray) -> np.ndarray:
-    """For each position i, the next position (cyclically) whose prompt differs: the mismatched completion."""
-    n = len(groups)
-    partners = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        for step in range(1, n):
-            j = (i + step) % n
-            if groups[j] != groups[i]:
-                partners[i] = j
-                break
-        else:
-            raise DataError("a micro-batch holds a single prompt; z0 cannot be estimated from it")
-    return partners
+def _first_reason(encoded: Encoded) -> str:
+    return encoded.dropped[0][1] if encoded.dropped else "no reason recorded"
 
 
 # --- tensors --------------------------------------------------------------------------------------------

@@ -1,7 +1,14 @@
 """The base model (4-bit NF4 or unquantised) with LoRA adapters, and the log-prob scorer over it.
 
 The reference model is this same model with its adapter switched off (`reference_mode`), so the
-base's weights live in memory once.
+base's weights live in memory once. Every dropout of the base is off (config fields such as
+`attention_dropout`, read by attention kernels, as well as `nn.Dropout` modules), so the policy, the
+cached reference and evaluation all see one deterministic network; only LoRA's own dropout trains.
+
+The scorer computes log-probs from the backbone's hidden states and the output head, so it must do
+to the head's output what the model's forward does (`head_spec`): Cohere multiplies by `logit_scale`,
+Granite divides by `logits_scaling`, Gemma-2/3 soft-cap. `check_head` compares the two on a few tokens
+and refuses, with a clear error, a model whose forward does anything else to its logits.
 """
 
 from __future__ import annotations
@@ -16,9 +23,20 @@ from torch import nn
 
 from training.config import TrainConfig
 from training.data import Batch
-from training.logprobs import completion_logps
+from training.logprobs import completion_logps, head_logits
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+# Files beside the weights that change what the model computes or how text becomes ids.
+MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+               "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+# Head processing by model type, as each family's ForCausalLM.forward does it (transformers 5.x):
+DIVIDES_BY_LOGITS_SCALING = {"granite", "granite_swa", "granitemoe", "granitemoe_swa", "granitemoehybrid",
+                             "granitemoeshared"}  # logits = lm_head(h) / config.logits_scaling
+MULTIPLIES_BY_LOGIT_SCALE = {"cohere", "cohere2", "cohere2_moe", "cohere_compass"}  # logits = lm_head(h) * logit_scale
+
+
+class UnsupportedHead(RuntimeError):
+    """The model's forward does something to its logits that thumbs does not reproduce."""
 
 
 def resolve_model_path(base_model: str) -> Path:
@@ -47,6 +65,16 @@ def weights_fingerprint(model_dir: Path) -> str:
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 24), b""):
                 h.update(block)
+    return h.hexdigest()
+
+
+def model_files_fingerprint(model_dir: Path) -> str:
+    """sha256 over config.json and the tokenizer files: what the weights' hash misses."""
+    h = hashlib.sha256()
+    for name in MODEL_FILES:
+        path = Path(model_dir) / name
+        if path.is_file():
+            h.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
 
 
@@ -96,15 +124,95 @@ def load_base(model_dir: Path, quantize: str, device: torch.device) -> nn.Module
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    disable_dropout_config(config)  # before the modules exist: attention layers copy it at construction
+    model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, **kwargs)
     if quantize == "none":
         model.to(device)
-    # Dropout off in the base: the policy and the (cached) reference must see the same network.
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
+    disable_dropout(model)
     model.requires_grad_(False)
     return model
+
+
+def _is_dropout_field(name: str, value) -> bool:
+    return isinstance(value, float) and not isinstance(value, bool) and value > 0 and (
+        "dropout" in name or name.endswith("pdrop"))
+
+
+def disable_dropout_config(config) -> list:
+    """Zero every dropout probability of a transformers config and its sub-configs; the names zeroed."""
+    zeroed = []
+    for name, value in list(vars(config).items()):
+        if _is_dropout_field(name, value):
+            setattr(config, name, 0.0)
+            zeroed.append(name)
+        elif hasattr(value, "to_dict") and hasattr(value, "model_type"):  # a sub-config (text_config, ...)
+            zeroed += [f"{name}.{n}" for n in disable_dropout_config(value)]
+    return zeroed
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Every dropout of a built model off: nn.Dropout modules, and float dropout attributes that kernels read
+    (e.g. an attention layer's `attention_dropout`, passed to scaled_dot_product_attention in train mode)."""
+    disable_dropout_config(model.config)
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if _is_dropout_field(name, value):
+                setattr(module, name, 0.0)
+
+
+def active_dropout(model: nn.Module, skip: str = "lora_dropout") -> list:
+    """Names of dropouts still active (LoRA's own, which trains on purpose, skipped)."""
+    found = []
+    for path, module in model.named_modules():
+        if skip in path:
+            continue
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            found.append(path)
+        found += [f"{path}.{n}" for n, v in vars(module).items() if _is_dropout_field(n, v)]
+    return found
+
+
+def head_spec(hf: nn.Module) -> tuple:
+    """(softcap, scale): what the model's forward does to the head's output before the softmax."""
+    config = hf.config
+    model_type = getattr(config, "model_type", "")
+    softcap = getattr(config, "final_logit_softcapping", None) or None
+    scale = 1.0
+    if model_type in DIVIDES_BY_LOGITS_SCALING:
+        scale = 1.0 / float(config.logits_scaling)
+    elif model_type in MULTIPLIES_BY_LOGIT_SCALE:
+        scale = float(getattr(hf, "logit_scale", config.logit_scale))
+    return softcap, scale
+
+
+def check_head(hf: nn.Module, backbone: nn.Module, head: nn.Module, softcap, scale, autocast: bool) -> None:
+    """Compare the model's own logits with backbone → head → (scale, softcap) on a few tokens; refuse a mismatch.
+
+    Logits are compared after removing each row's mean (the softmax ignores it), relative to their spread:
+    a missed multiplier or cap shows as an error of order 1, rounding as 1e-6 (float32) or 1e-3 (bf16).
+    """
+    vocab = getattr(head, "out_features", None) or hf.config.vocab_size
+    device = next(hf.parameters()).device
+    ids = (torch.arange(1, 9, device=device) * 7919 % max(2, vocab - 1) + 1)[None]
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        own = hf(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits.float()
+        hidden = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
+        ours = head_logits(head(hidden), softcap, scale).float()
+    own, ours = own - own.mean(-1, keepdim=True), ours - ours.mean(-1, keepdim=True)
+    error = float((own - ours).abs().max() / own.abs().max().clamp_min(1e-12))
+    tolerance = 3e-2 if autocast else 1e-4
+    if not error <= tolerance:  # also refuses NaN
+        model_type = getattr(hf.config, "model_type", "?")
+        raise UnsupportedHead(
+            f"model type {model_type!r}: its forward does something to the logits that thumbs does not reproduce "
+            f"(relative difference {error:.3g} between the model's logits and backbone → head with scale {scale:g}, "
+            f"softcap {softcap}). thumbs knows: final_logit_softcapping, Granite's logits_scaling, Cohere's "
+            "logit_scale. Add this model type's head processing to training/model.py:head_spec before training it")
 
 
 def load_model(model_dir: Path, config: TrainConfig, device: torch.device) -> nn.Module:
@@ -141,15 +249,17 @@ class Scorer(nn.Module):
         self.backbone = getattr(hf, hf.base_model_prefix)
         self.head = hf.get_output_embeddings()
         self.chunk_tokens = chunk_tokens
-        self.softcap = getattr(hf.config, "final_logit_softcapping", None)
+        self.softcap, self.scale = head_spec(hf)
         self.autocast = next(hf.parameters()).device.type == "cuda"
+        with model.disable_adapter():  # the head's semantics, not the adapter's (LoRA dropout stays out of it)
+            check_head(hf, self.backbone, self.head, self.softcap, self.scale, self.autocast)
 
     def forward(self, batch: Batch) -> torch.Tensor:  # (B,)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             hidden = self.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                    use_cache=False).last_hidden_state  # (B, T, C)
             return completion_logps(hidden, self.head, batch.input_ids, batch.completion_mask,
-                                    self.chunk_tokens, self.softcap)
+                                    self.chunk_tokens, self.softcap, self.scale)
 
     @contextlib.contextmanager
     def reference_mode(self) -> Iterator[None]:

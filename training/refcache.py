@@ -1,10 +1,11 @@
 """Reference log-probs of every train example: computed once per (base model, tokenizer, data), then cached.
 
 The reference never changes during training, so log πref(y|x) for the matched examples is one
-no-grad pass over the snapshot, stored beside it in `SNAPSHOT/refcache/<key>.npy`. The key hashes the
-base's weights, the quantisation and compute dtype, the device kind (GPU and CPU kernels round
-differently) and every token id, so a different model, tokenizer, template or truncation never
-reuses a stale cache. Under torch.distributed each process scores a share and the shares are summed.
+no-grad pass over the snapshot, stored beside it in `SNAPSHOT/refcache/<key>.npy` (`cache_dir`). The key
+hashes the base's weights, its config.json and tokenizer files, the chat template, the truncation limits,
+the quantisation and compute dtype, the device kind (GPU and CPU kernels round differently), the versions
+of the libraries that compute it, and every token id: a change to any of them never reuses a stale cache.
+Under torch.distributed each process scores a share and the shares are summed.
 """
 
 from __future__ import annotations
@@ -24,14 +25,24 @@ import torch.distributed as dist
 from training.data import Encoded, collate
 from training.model import Scorer
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+KEY_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes")
+
+
+def cache_dir(snapshot: Path) -> Path:
+    """Where a snapshot's reference log-probs are cached (the one place that decides it)."""
+    return Path(snapshot) / "refcache"
 
 
 def cache_key(model_fingerprint: str, quantize: str, dtype: torch.dtype, device: torch.device,
-              data_fingerprint: str) -> str:
-    """`data_fingerprint` is `Encoded.fingerprint()`: every token id and label."""
-    parts = {"version": CACHE_VERSION, "model": model_fingerprint, "quantize": quantize, "dtype": str(dtype),
-             "device": device.type, "data": data_fingerprint}
+              data_fingerprint: str, *, model_files: str, chat_template: Optional[str], limits: dict,
+              libraries: dict) -> str:
+    """`data_fingerprint` is `Encoded.fingerprint()`: every token id and label; `model_files` is
+    `model_files_fingerprint` (config.json and the tokenizer files); `limits` the truncation limits."""
+    parts = {"version": CACHE_VERSION, "model": model_fingerprint, "model_files": model_files,
+             "chat_template": chat_template, "limits": limits, "quantize": quantize, "dtype": str(dtype),
+             "device": device.type, "data": data_fingerprint,
+             "libraries": {name: libraries.get(name) for name in KEY_LIBRARIES}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -22,13 +22,15 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
+from ingest.balance import ClassWeights, band_warning
 from training import checkpoint, distributed, export
 from training.config import TrainConfig
-from training.data import Encoded, collate, encode, kl_partners, plan_epoch, read_split
+from training.data import Encoded, collate, encode, kl_partners, read_split
 from training.loss import estimate_kl, kto_loss
-from training.model import (Scorer, compute_dtype, load_model, load_tokenizer, pick_device, resolve_model_path,
-                            weights_fingerprint)
-from training.refcache import cache_key, reference_logps
+from training.model import (Scorer, compute_dtype, load_model, load_tokenizer, model_files_fingerprint, pick_device,
+                            resolve_model_path, weights_fingerprint)
+from training.plan import batch_sizes, plan_epoch
+from training.refcache import cache_dir, cache_key, reference_logps
 
 
 class TrainingError(RuntimeError):
@@ -51,7 +53,10 @@ class Plan:
 
     def __post_init__(self) -> None:
         self.per_step = self.world * self.config.gradient_accumulation_steps
-        self.batches_per_epoch = math.ceil(len(self._epoch_batches(0)) / self.per_step) * self.per_step
+        # Sizes depend on N only; an epoch whose plan had to merge two micro-batches has fewer, and is padded.
+        planned = len(batch_sizes(len(self.encoded), self.config.micro_batch_size))
+        self.batches_per_epoch = math.ceil(planned / self.per_step) * self.per_step
+        self._epoch_batches(0)  # plan epoch 0 now: a plan that cannot be made fails before the model loads
         self.steps_per_epoch = self.batches_per_epoch // self.per_step
         c = self.config
         self.total_steps = c.max_steps or max(1, math.ceil(c.epochs * self.steps_per_epoch))
@@ -61,8 +66,8 @@ class Plan:
             c = self.config
             batches = plan_epoch(self.encoded, epoch, c.seed, c.micro_batch_size, c.length_group_size)
             # Like DistributedSampler: repeat the first micro-batches so every process gets the same count.
-            short = -len(batches) % self.per_step
-            self._epoch, self._batches = epoch, batches + batches[:short]
+            short = max(0, self.batches_per_epoch - len(batches))
+            self._epoch, self._batches = epoch, batches + (batches * (1 + short // len(batches)))[:short]
         return self._batches
 
     def micro_batches(self, step: int, rank: int) -> List[np.ndarray]:
@@ -91,7 +96,7 @@ STAT_NAMES = ("loss", "examples", "n_desirable", "n_undesirable", "reward_desira
 
 
 def train_step(scorer: Scorer, micro: List[np.ndarray], encoded: Encoded, reference: torch.Tensor,
-               weights: tuple, config: TrainConfig, device: torch.device, pad_id: int,
+               weights: ClassWeights, config: TrainConfig, device: torch.device, pad_id: int,
                processes: distributed.Processes) -> torch.Tensor:
     """Forward, backward and gradient sync for one optimizer step; returns the step's summed stats."""
     stats = torch.zeros(len(STAT_NAMES), dtype=torch.float64, device=device)
@@ -109,7 +114,8 @@ def train_step(scorer: Scorer, micro: List[np.ndarray], encoded: Encoded, refere
                 kl = torch.zeros((), device=device)
         policy_logps = scorer(batch)  # (B,)
         reference_logps = reference[torch.from_numpy(idx)].to(device)
-        out = kto_loss(policy_logps, reference_logps, batch.desirable, kl, config.beta, *weights)
+        out = kto_loss(policy_logps, reference_logps, batch.desirable, kl, config.beta,
+                       desirable_weight=weights.desirable_weight, undesirable_weight=weights.undesirable_weight)
         (out.losses.mean() / len(micro)).backward()
 
         d = batch.desirable
@@ -150,7 +156,7 @@ class Run:
     scorer: Scorer
     encoded: Encoded
     reference: torch.Tensor
-    weights: tuple
+    weights: ClassWeights  # λD and λU by name, with the counts they balance
     plan: Plan
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -174,7 +180,6 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
           resume: bool, say: Callable) -> Run:
     started = time.monotonic()
     stats = _read_stats(snapshot)
-    weights = (config.desirable_weight or stats["desirable_weight"], config.undesirable_weight or stats["undesirable_weight"])
     if (out / export.META).exists():
         raise TrainingError(f"{out} already holds a finished adapter ({export.META}); choose another --out")
     if checkpoint.latest(out) is not None and not resume:
@@ -186,22 +191,31 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     encoded = encode(read_split(snapshot), tokenizer, config.max_length, config.max_prompt_length)
     plan = Plan(encoded, config, processes.world)
     c = encoded.counts
+    weights = _class_weights(config, stats, c, say)
     say(f"train: {c['examples']:,} examples ({c['desirable']:,} desirable / {c['undesirable']:,} undesirable, "
-        f"{c['prompts']:,} prompts); truncated: {c['truncated_prompt']:,} prompts, "
-        f"{c['truncated_completion']:,} completions; dropped empty: {c['dropped_empty']:,}")
+        f"{c['prompts']:,} prompts); truncated: {c['truncated_prompt']:,} prompts ({c['dropped_turns']:,} turns "
+        f"dropped), {c['truncated_completion']:,} completions; dropped: {c['dropped_empty']:,} empty, "
+        f"{c['unsplittable']:,} unsplittable, {c['template_refused']:,} refused by the template, "
+        f"{c['dropped_prompt_too_long']:,} prompts too long")
+    if encoded.dropped and c["examples_in"] > c["dropped_empty"] + c["examples"]:
+        say(f"warning: {c['examples_in'] - c['examples'] - c['dropped_empty']:,} example(s) could not be tokenized "
+            f"for training, e.g. row {encoded.dropped[0][0]}: {encoded.dropped[0][1]}; `thumbs inspect` lists them")
     say(f"train: {plan.total_steps:,} steps of {config.micro_batch_size} x {config.gradient_accumulation_steps} "
-        f"accumulation x {processes.world} process(es); β={config.beta} λD={weights[0]:.4g} λU={weights[1]:.4g} "
-        f"z0={config.z0}; base {base_model} ({config.quantize}) on {device}")
+        f"accumulation x {processes.world} process(es); β={config.beta} λD={weights.desirable_weight:.4g} "
+        f"λU={weights.undesirable_weight:.4g} z0={config.z0}; base {base_model} ({config.quantize}) on {device}")
 
     fingerprint = weights_fingerprint(model_dir)
     torch.manual_seed(config.seed)  # LoRA's A matrices start random: the seed makes a run repeatable
     model = load_model(model_dir, config, device)
     scorer = Scorer(model, config.logits_chunk_tokens)
     data_fingerprint = encoded.fingerprint()
-    key = cache_key(fingerprint, config.quantize, compute_dtype(device), device, data_fingerprint)
+    key = cache_key(fingerprint, config.quantize, compute_dtype(device), device, data_fingerprint,
+                    model_files=model_files_fingerprint(model_dir), chat_template=tokenizer.chat_template,
+                    limits={"max_length": config.max_length, "max_prompt_length": config.max_prompt_length},
+                    libraries=export.library_versions())
     ref_started = time.monotonic()
     reference, cached = reference_logps(
-        scorer, encoded, key=key, cache_dir=snapshot / "refcache" if config.cache_reference else None,
+        scorer, encoded, key=key, cache_dir=cache_dir(snapshot) if config.cache_reference else None,
         batch_size=2 * config.micro_batch_size, max_length=config.max_length, pad_id=tokenizer.pad_token_id,
         device=device, rank=processes.rank, world=processes.world, log=say)
 
@@ -214,7 +228,9 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
                 "config": config.to_dict()}
     meta = {"base_model": base_model, "base_model_path": str(model_dir), "base_model_sha256": fingerprint,
             "snapshot_id": stats.get("snapshot_id"), "snapshot": str(snapshot),
-            "config": dict(config.to_dict(), desirable_weight=weights[0], undesirable_weight=weights[1]),
+            "config": dict(config.to_dict(), desirable_weight=weights.desirable_weight,
+                           undesirable_weight=weights.undesirable_weight),
+            "balance": {"ratio": weights.ratio, "in_band": weights.in_band},
             "data": c, "processes": processes.world,
             "reference_cache": {"key": key, "hit": cached, "seconds": round(time.monotonic() - ref_started, 3)},
             "device": str(device), "setup_seconds": round(time.monotonic() - started, 2)}
@@ -333,6 +349,21 @@ class _MetricsLog:
         if self.main:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+
+
+def _class_weights(config: TrainConfig, stats: dict, counts: dict, say: Callable) -> ClassWeights:
+    """λD, λU by name: the config's overrides, else the snapshot's; an override outside the band is warned about."""
+    def pick(name: str) -> float:
+        value = getattr(config, name)
+        return float(stats[name] if value is None else value)
+
+    weights = ClassWeights(desirable_weight=pick("desirable_weight"), undesirable_weight=pick("undesirable_weight"),
+                           n_desirable=counts["desirable"], n_undesirable=counts["undesirable"])
+    if config.desirable_weight is not None or config.undesirable_weight is not None:
+        warning = band_warning(weights)
+        if warning:
+            say(f"warning: {warning}")
+    return weights
 
 
 def _read_stats(snapshot: Path) -> dict:
