@@ -25,7 +25,7 @@ import numpy as np
 from evaluation import report, scoring
 from evaluation.metrics import preference_metrics
 from evaluation.suites import load_suite, score_suite
-from ingest.lake import write_json_atomic
+from common.atomic import write_json_atomic
 from training.data import DataError, encode, read_split
 from training.export import ADAPTER_FILES, META
 from training.model import load_tokenizer, pick_device, resolve_model_path, weights_fingerprint

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
+from common.configfile import load_config
+
 DEFAULT_POLICY = Path(__file__).with_name("promotion.yaml")
 
 
@@ -45,14 +47,7 @@ class PromotionPolicy:
     @classmethod
     def load(cls, path: Optional[Union[str, Path]] = None) -> "PromotionPolicy":
         """The policy from a YAML file (default: evaluation/promotion.yaml); unknown keys are an error."""
-        from ingest.cli import load_yaml
-
-        values = load_yaml(Path(path) if path else DEFAULT_POLICY) or {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown promotion policy keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return load_config(cls, path or DEFAULT_POLICY, "promotion policy")
 
 
 @dataclass

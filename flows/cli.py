@@ -10,8 +10,7 @@ import os
 
 import typer
 
-from deploy.cli import export_command, promote_command, registry_app, rollback_command
-from evaluation.cli import evaluate_command
+from deploy.cli import evaluate_command, export_command, promote_command, registry_app, rollback_command
 from flows.deployments import deploy_command, ui_command
 from flows.run import run_command, unlock_command
 from ingest.cli import curate_command, ingest_command

@@ -1,6 +1,6 @@
 """`make demo`: simulated nights of the real loop, offline, on CPU, in a few minutes.
 
-A tiny chat model (built here, no hub; `flows/demo_world.py`) answers a day of user questions;
+A tiny chat model (built here, no hub; `evaluation/world/`) answers a day of user questions;
 simulated users with a hidden taste (polite and brief answers; 10% misclicks) rate the answers;
 each night the production flow `nightly_retrain` (the same code as a deployment runs) ingests the
 day's log, curates all feedback so far, trains a QLoRA KTO adapter (LoRA where 4-bit is unavailable),
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from flows import demo_world as world
+from evaluation import world
 
 DEMO_DIR = Path(os.environ.get("THUMBS_DEMO_DIR", ".demo"))
 NIGHTS = int(os.environ.get("THUMBS_DEMO_NIGHTS", "3"))

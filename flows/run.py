@@ -20,9 +20,9 @@ def load_params(path: Optional[Path], **overrides):
     from pydantic import ValidationError
 
     from flows.params import RetrainParams
-    from ingest.cli import load_yaml
+    from common.configfile import read_mapping
 
-    data = load_yaml(Path(path)) if path is not None else {}  # JSON is YAML
+    data = read_mapping(path) if path is not None else {}  # JSON is YAML
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return RetrainParams(**data)

@@ -63,18 +63,17 @@ def curate_command(
     """
     from datetime import date
 
+    from common.configfile import load_config
     from ingest.curate import CurateError, curate
     from ingest.curation import CurateConfig
     from ingest.balance import InsufficientData
 
     try:
-        fields = load_yaml(config_file) if config_file else {}
-        overrides = {"policy": policy, "eval_fraction": eval_fraction, "min_per_class": min_per_class}
-        fields.update({k: v for k, v in overrides.items() if v is not None})
-        config = CurateConfig(**fields)
+        config = load_config(CurateConfig, config_file, "curate config", policy=policy, eval_fraction=eval_fraction,
+                             min_per_class=min_per_class)
         window = [date.fromisoformat(d) if d else None for d in (since, until)]
         stats = curate(lake, out, window[0], window[1], config, beam_args=ctx.args)
-    except (ValueError, TypeError, CurateError, InsufficientData) as err:
+    except (ValueError, CurateError, InsufficientData) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
     if json_out:
@@ -93,11 +92,3 @@ def curate_command(
     for warning in stats["warnings"]:
         typer.echo(f"  warning: {warning}")
 
-
-def load_yaml(path: Path) -> dict:
-    import yaml
-
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of config fields")
-    return data

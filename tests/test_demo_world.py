@@ -6,7 +6,7 @@ import json
 
 import pyarrow.dataset as ds
 
-from flows import demo_world as world
+from evaluation import world
 from ingest.job import IngestConfig, ingest
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Optional, Union
+
+from common.configfile import load_config
 
 DEFAULTS_YAML = Path(__file__).with_name("kto.yaml")
 QUANTIZE = ("nf4", "none")
@@ -116,26 +118,9 @@ class TrainConfig:
         self.adam_betas = tuple(self.adam_betas)
 
     @classmethod
-    def from_mapping(cls, fields: Mapping[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"unknown training config field(s) {unknown}; known: {sorted(known)}")
-        return cls(**fields)
-
-    @classmethod
     def load(cls, path: Optional[Path] = None, **overrides: Any) -> "TrainConfig":
         """Defaults, then the YAML at `path` (if any), then the non-None `overrides`."""
-        import yaml
-
-        fields: dict = {}
-        if path is not None:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-            if not isinstance(data, dict):
-                raise ValueError(f"{path} must hold a mapping of training config fields")
-            fields.update(data)
-        fields.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_mapping(fields)
+        return load_config(cls, path, "training config", **overrides)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
