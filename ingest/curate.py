@@ -37,6 +37,7 @@ from ingest.balance import class_weights
 from ingest.curation import CURATED_SCHEMA, CurateConfig, add_keys, resolve, split_by_bucket, sum_counts
 from ingest.lake import FEEDBACK_DIR
 from ingest.schema import FEEDBACK_SCHEMA
+from ingest.vote_caps import with_user_caps
 
 SNAPSHOT_VERSION = 1
 DEFAULT_RUNNER = "FnApiRunner"
@@ -172,6 +173,7 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
         stats = json.loads((final / "stats.json").read_text())
         return {**stats, "path": str(final), "reused": True}
 
+    config = with_user_caps(config, files)  # per-user totals span buckets: counted once, before the job
     n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     runner = next((a.split("=", 1)[1] for a in beam_args if a.startswith("--runner=")), DEFAULT_RUNNER)
     print(f"curate: {n_rows:,} events in {len(files)} file(s) -> snapshot {sid}, on Beam's {runner}",
