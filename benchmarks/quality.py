@@ -38,6 +38,7 @@ def parse(argv):
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (torch threads split between them)")
     p.add_argument("--out", default="lab")
     p.add_argument("--fresh", action="store_true", help="redo runs whose results are kept")
+    p.add_argument("--report-only", action="store_true", help="write the report from the kept runs, run nothing")
     p.add_argument("--record", action="store_true", help="append the report's tables to LAB.md")
     return p.parse_args(argv)
 
@@ -90,6 +91,8 @@ def main(argv=None) -> int:
                     continue
             jobs.append(dict(variant=v.name, seed=seed, base=str(base), work=str(folder / f"work-{seed}"),
                              result=str(result), threads=threads, **settings))
+    if args.report_only:
+        jobs = []
     print(f"lab: {len(jobs)} run(s) to do ({sum(map(len, results.values()))} kept) over {len(variants)} variant(s) x "
           f"{args.seeds} seed(s), {args.nights} night(s) of {args.events} events; {args.jobs} at a time", flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
