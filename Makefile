@@ -29,7 +29,7 @@ ui: $(STAMP)
 	@test -f .demo/params.yaml || { echo "run 'make demo' first (it writes .demo/params.yaml), or: $(PY) -m flows.cli ui --params FILE"; exit 2; }
 	$(PY) -m flows.cli ui --params .demo/params.yaml
 
-# The alignment lab (benchmarks/quality.py): every arm, 3 seeds, 3 nights; LAB_ARGS narrows it, e.g.
+# The alignment lab (benchmarks/quality.py): every arm, 3 seeds, 2 nights of 150 events; LAB_ARGS narrows it, e.g.
 # make lab LAB_ARGS="--arms poisoning --seeds 3 --nights 1 --events 60"
 lab: $(STAMP)
 	$(PY) benchmarks/quality.py $(LAB_ARGS)

@@ -1,7 +1,7 @@
 """`make lab`: the alignment lab. Each arm's variants, on the same seeds and nights of the simulated world,
 through the real ingest, curation and trainer; writes lab/report.md (a table per arm) and lab/lab.png.
 
-    python benchmarks/quality.py                                   # the full lab: every arm, 3 seeds, 3 nights
+    python benchmarks/quality.py                   # the full lab: every arm, 3 seeds, 2 nights of 150 events
     python benchmarks/quality.py --arms poisoning --seeds 3 --nights 2 --events 200    # a reduced run
     python benchmarks/quality.py --record                          # also append the tables to LAB.md
 
@@ -32,8 +32,8 @@ def parse(argv):
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {','.join(ARMS)}")
     p.add_argument("--variants", default="", help="only these variants of the arms (comma-separated names)")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--nights", type=int, default=3)
-    p.add_argument("--events", type=int, default=400, help="honest events per day")
+    p.add_argument("--nights", type=int, default=2)
+    p.add_argument("--events", type=int, default=150, help="honest events per day")
     p.add_argument("--truth-prompts", type=int, default=300)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (torch threads split between them)")
     p.add_argument("--out", default="lab")
@@ -111,7 +111,8 @@ def main(argv=None) -> int:
     path = write_report(out, arms, results, header)
     print(path.read_text())
     if args.record:
-        text = path.read_text().replace("# Alignment lab report", "## Lab run").replace("](lab.png)", f"]({out}/lab.png)")
+        text = path.read_text().replace("# Alignment lab report", "## Lab run")
+        text = text.replace("](lab.png)", f"]({out}/lab.png)")
         with open(LAB_MD, "a") as f:
             f.write("\n" + text + "\n")
     return 0
