@@ -56,6 +56,7 @@ def _one(job: dict) -> dict:
     night0 = measure(*world.load_policy(base), job["seed"], job["truth_prompts"])
     result = run_variant(VARIANTS[job["variant"]], job["seed"], base, Path(job["work"]), job["nights"],
                          job["events"], job["truth_prompts"], night0, say=lambda line: print(line, flush=True))
+    result["settings"] = {k: job[k] for k in ("nights", "events", "truth_prompts")}
     path = Path(job["result"])
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(result, indent=1))
