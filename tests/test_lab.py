@@ -1,4 +1,4 @@
-"""The lab's one command on the smallest setting: one variant, one seed, one night of a few events."""
+"""The lab's one command on the smallest setting: one variant, one seed, one night of 60 events."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_lab_command_runs_the_real_stages_and_writes_the_report(tmp_path):
         shutil.copytree(cached, tmp_path / "base")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "benchmarks/quality.py", "--arms", "poisoning",
-                           "--variants", "poison-1%+caps", "--seeds", "1", "--nights", "1", "--events", "24",
+                           "--variants", "poison-1%+caps", "--seeds", "1", "--nights", "1", "--events", "60",
                            "--truth-prompts", "10", "--out", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
