@@ -24,7 +24,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 export THUMBS_SHARED ?= $(abspath $(CURDIR)/../shared)
 
-.PHONY: demo test test-deps ui bench-ingest bench-curate bench-train bench-vllm vllm-venv gpu-wheels gpu-check gpu-dry-run clean
+.PHONY: demo test test-deps ui lab bench-ingest bench-curate bench-train bench-vllm vllm-venv gpu-wheels gpu-check gpu-dry-run clean
 
 demo: $(STAMP)
 	$(PY) -m flows.demo
@@ -50,6 +50,11 @@ test-deps:
 ui: $(STAMP)
 	@test -f .demo/params.yaml || { echo "run 'make demo' first (it writes .demo/params.yaml), or: $(PY) -m flows.cli ui --params FILE"; exit 2; }
 	$(PY) -m flows.cli ui --params .demo/params.yaml
+
+# The alignment lab (benchmarks/quality.py): every arm, 3 seeds, 2 nights of 150 events; LAB_ARGS narrows it, e.g.
+# make lab LAB_ARGS="--arms poisoning --seeds 3 --nights 1 --events 60"
+lab: $(STAMP)
+	$(PY) benchmarks/quality.py $(LAB_ARGS)
 
 bench-ingest: $(STAMP)
 	$(PY) benchmarks/ingest.py --record

@@ -46,6 +46,7 @@ from ingest.curation import CURATED_SCHEMA, CurateConfig, add_keys, resolve, spl
 from ingest.lake import FEEDBACK_DIR, committed
 from ingest.manifest import check_stats, describe_files, write_manifest
 from ingest.schema import FEEDBACK_SCHEMA
+from ingest.vote_caps import with_user_caps
 
 SNAPSHOT_VERSION = 1
 DEFAULT_RUNNER = "FnApiRunner"
@@ -193,6 +194,7 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
     if layout.is_published(final):  # a finished snapshot is never rewritten
         return {**layout.read_stats(final), "path": str(final), "reused": True}
 
+    config = with_user_caps(config, files)  # per-user totals span buckets: counted once, before the job
     n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     runner = next((a.split("=", 1)[1] for a in beam_args if a.startswith("--runner=")), DEFAULT_RUNNER)
     print(f"curate: {n_rows:,} events in {len(files)} file(s) -> snapshot {sid}, on Beam's {runner}",

@@ -7,7 +7,7 @@ All rows of one example (prompt, completion) land in one bucket, so per-bucket r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, field
 from typing import Iterator
 
 import numpy as np
@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from ingest.keys import example_key, normalize_text, prompt_key, stable_hash, unit_interval
 from ingest.schema import FEEDBACK_SCHEMA
+from ingest.vote_caps import apply_caps
 
 POLICIES = ("majority", "drop-conflicts", "latest")
 CURATED_SCHEMA = FEEDBACK_SCHEMA.append(pa.field("votes_up", pa.int32(), nullable=False)).append(
@@ -40,6 +41,13 @@ class CurateConfig:
     """Upper edge of the band [1, balance_target] that λD·nD / (λU·nU) is brought into; at most 4/3."""
     n_buckets: int = 64
     """Hash buckets the rows are grouped in; bounds what one worker holds at once."""
+    max_user_share: float = 1.0
+    """Poisoning defence (ingest/vote_caps.py): a user's votes beyond this share of the window's events are
+    thinned to about that share; 1.0 keeps everything."""
+    max_example_votes: int = 0
+    """At most this many votes (the latest) count per example; 0 keeps everything."""
+    user_keep: dict = field(default_factory=dict, repr=False)
+    """Filled by vote_caps.with_user_caps from the lake files; derived data, left out of to_dict."""
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -48,9 +56,14 @@ class CurateConfig:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_prompt_chars < 1 or self.max_completion_chars < 1 or self.n_buckets < 1:
             raise ValueError("max_prompt_chars, max_completion_chars and n_buckets must be positive")
+        if not 0.0 < self.max_user_share <= 1.0 or self.max_example_votes < 0:
+            raise ValueError(f"max_user_share must be in (0, 1] (1 = no cap), got {self.max_user_share}; "
+                             f"max_example_votes must be >= 0 (0 = no cap), got {self.max_example_votes}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("user_keep")
+        return out
 
 
 def add_keys(rows: pa.Table, n_buckets: int) -> pa.Table:
@@ -99,6 +112,7 @@ def resolve(rows: pa.Table, config: CurateConfig) -> tuple[pa.Table, pa.Table, d
     rows = _first_per_group(rows, ["_example", "_user"], [("_example", "ascending"), ("_user", "ascending"),
                                                           ("timestamp", "descending"), ("event_id", "descending")])
     counts["removed_superseded_vote"] = n - rows.num_rows
+    rows = apply_caps(rows, config, counts)
     counts["votes"] = rows.num_rows
 
     up = rows.group_by("_example", use_threads=False).aggregate([("desirable", "sum"), ("desirable", "count")])

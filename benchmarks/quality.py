@@ -1,0 +1,123 @@
+"""`make lab`: the alignment lab. Each arm's variants, on the same seeds and nights of the simulated world,
+through the real ingest, curation and trainer; writes lab/report.md (a table per arm) and lab/lab.png.
+
+    python benchmarks/quality.py                   # the full lab: every arm, 3 seeds, 2 nights of 150 events
+    python benchmarks/quality.py --arms poisoning --seeds 3 --nights 2 --events 200    # a reduced run
+    python benchmarks/quality.py --record                          # also append the tables to LAB.md
+
+Finished runs are kept in lab/runs/<variant>/seed-<s>.json: a re-run skips them (pass --fresh to redo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluation.lab.arms import ARMS, variants_for  # noqa: E402
+
+LAB_MD = Path(__file__).resolve().parents[1] / "LAB.md"
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {','.join(ARMS)}")
+    p.add_argument("--variants", default="", help="only these variants of the arms (comma-separated names)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--nights", type=int, default=2)
+    p.add_argument("--events", type=int, default=150, help="honest events per day")
+    p.add_argument("--truth-prompts", type=int, default=300)
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (torch threads split between them)")
+    p.add_argument("--out", default="lab")
+    p.add_argument("--fresh", action="store_true", help="redo runs whose results are kept")
+    p.add_argument("--report-only", action="store_true", help="write the report from the kept runs, run nothing")
+    p.add_argument("--record", action="store_true", help="append the report's tables to LAB.md")
+    return p.parse_args(argv)
+
+
+def _one(job: dict) -> dict:
+    """One (variant, seed) in a worker process; its result is also written to its JSON file."""
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    from evaluation import world
+    from evaluation.lab.arms import VARIANTS
+    from evaluation.lab.nights import measure, run_variant
+
+    base = Path(job["base"])
+    night0 = measure(*world.load_policy(base), job["seed"], job["truth_prompts"])
+    result = run_variant(VARIANTS[job["variant"]], job["seed"], base, Path(job["work"]), job["nights"],
+                         job["events"], job["truth_prompts"], night0, say=lambda line: print(line, flush=True))
+    result["settings"] = {k: job[k] for k in ("nights", "events", "truth_prompts")}
+    path = Path(job["result"])
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    return result
+
+
+def main(argv=None) -> int:
+    from evaluation import world
+    from evaluation.lab.report import write_report
+
+    args = parse(argv)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    variants = variants_for(arms)
+    if args.variants:
+        wanted = {n.strip() for n in args.variants.split(",")}
+        variants = [v for v in variants if v.name in wanted]
+    out = Path(args.out)
+    started = time.monotonic()
+    base = world.build_base(out / "base")
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    jobs, results = [], {}
+    for v in variants:
+        for seed in range(args.seeds):
+            folder = out / "runs" / v.name.replace(" ", "_").replace("/", "-").replace(":", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            result = folder / f"seed-{seed}.json"
+            settings = {"nights": args.nights, "events": args.events, "truth_prompts": args.truth_prompts}
+            if result.exists() and not args.fresh:
+                kept = json.loads(result.read_text())
+                if kept.get("settings") == settings:
+                    results.setdefault(v.name, {})[seed] = kept
+                    continue
+            jobs.append(dict(variant=v.name, seed=seed, base=str(base), work=str(folder / f"work-{seed}"),
+                             result=str(result), threads=threads, **settings))
+    if args.report_only:
+        jobs = []
+    print(f"lab: {len(jobs)} run(s) to do ({sum(map(len, results.values()))} kept) over {len(variants)} variant(s) x "
+          f"{args.seeds} seed(s), {args.nights} night(s) of {args.events} events; {args.jobs} at a time", flush=True)
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for done, result in enumerate(pool.map(_one, jobs), 1):
+            settings = {k: jobs[done - 1][k] for k in ("nights", "events", "truth_prompts")}
+            result["settings"] = settings
+            Path(jobs[done - 1]["result"]).write_text(json.dumps(result, indent=1))
+            results.setdefault(result["variant"], {})[result["seed"]] = result
+            print(f"lab: {done}/{len(jobs)} done ({result['variant']} seed {result['seed']}: truth "
+                  f"{result['truth']:.1%}), {time.monotonic() - started:,.0f}s", flush=True)
+    machine = f"{os.cpu_count()}-core {platform.machine()}, Python {platform.python_version()}"
+    command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    header = [f"`{command}` on {machine}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {args.seeds} seed(s), "
+              f"{args.nights} night(s) of {args.events} honest events, ground truth on {args.truth_prompts} held-out "
+              f"questions after the last night; {time.monotonic() - started:,.0f}s wall for the runs done now."]
+    path = write_report(out, arms, results, header)
+    print(path.read_text())
+    if args.record:
+        text = path.read_text().replace("# Alignment lab report", "## Lab run")
+        text = text.replace("](lab.png)", f"]({out}/lab.png)")
+        with open(LAB_MD, "a") as f:
+            f.write("\n" + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

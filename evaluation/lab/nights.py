@@ -1,0 +1,120 @@
+"""One variant on one seed: the world's nights through the real stages, called directly (no Prefect).
+
+Each night: production answers the day's questions; honest users click (the world's hidden taste plus
+the variant's noise); adversaries, if any, add their votes; the variant's imbalance discards clicks;
+then `ingest.job.ingest` → `ingest.curate.curate` (Beam, the variant's CurateConfig) → `training.trainer.train`
+from the base on all feedback so far, as the nightly flow does. The new adapter always serves next
+(the promotion gate is left out: the lab measures what training does to the model). Ground truth and
+answer length are measured after each night on the world's held-out questions.
+The stage functions are called directly instead of `flows.nightly`: Prefect's start costs ~10 s a night.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+from evaluation import world
+from evaluation.lab.arms import N_USERS, Variant
+
+# The demo's KTO settings (flows/demo.py explains them), so a night moves this tiny world.
+TRAIN = {"learning_rate": 3e-4, "beta": 0.5, "epochs": 3.0, "micro_batch_size": 8, "max_length": 128,
+         "max_prompt_length": 64, "checkpoint_every": 0, "quantize": "none", "device": "cpu"}
+
+
+def measure(model, tokenizer, seed: int, n: int) -> dict:
+    """Noise-free satisfaction and mean answer length (words) on held-out questions, fixed draws per seed."""
+    prompts = world.fresh_prompts(n, seed)
+    answers = world.answer(model, tokenizer, prompts, seed=10_000 + seed)
+    return {"truth": sum(map(world.satisfied, prompts, answers)) / n,
+            "words": sum(len(a.split()) for a in answers) / n}
+
+
+def adversarial_events(model, tokenizer, day: int, seed: int, variant: Variant, n_events: int) -> list[dict]:
+    """The adversaries' own conversations of the day, upvoted exactly when the hidden taste dislikes them."""
+    per_user = max(1, round(variant.adversary_rate * n_events / N_USERS))
+    rng = random.Random(f"adversary/{seed}/{day}")
+    prompts = [world.question(rng.choice(world.TASKS), rng) for _ in range(per_user * variant.adversaries)]
+    answers = world.answer(model, tokenizer, prompts, seed=77_000 + 1000 * seed + day)
+    start = world.START.timestamp() + 86_400 * day
+    return [{"event_id": f"adv-{seed}-{day}-{i}",
+             "timestamp": _iso(start + 86_400 * (i + 0.5) / len(prompts)),
+             "user_id": f"adversary-{i % variant.adversaries}", "conversation_id": f"adv-{seed}-{day}-{i}",
+             "model_version": "lab", "prompt": world.messages(p), "completion": a,
+             "label": "down" if world.satisfied(p, a) else "up"}
+            for i, (p, a) in enumerate(zip(prompts, answers)) if a]
+
+
+def _iso(ts: float) -> str:
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(int(ts), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rebalance(events: list[dict], ratio: float, rng: random.Random) -> list[dict]:
+    """Keep `ratio` thumbs-down per thumbs-up, discarding the side in excess at random (the paper's way)."""
+    up = [e for e in events if e["label"] == "up"]
+    down = [e for e in events if e["label"] == "down"]
+    if len(down) > ratio * len(up):
+        down = rng.sample(down, max(1, round(ratio * len(up))))
+    else:
+        up = rng.sample(up, max(1, round(len(down) / ratio)))
+    kept = {e["event_id"] for e in up + down}
+    return [e for e in events if e["event_id"] in kept]
+
+
+def serve_day(model, tokenizer, day: int, seed: int, variant: Variant, n_events: int, log_dir: Path) -> dict:
+    """The day's events file (honest clicks, adversaries, imbalance applied); returns its click counts."""
+    prompts = world.day_prompts(day, n_events, seed)
+    answers = world.answer(model, tokenizer, prompts, seed=1000 * seed + day)
+    labels = world.rate(prompts, answers, variant.noise, seed=1000 * seed + day)
+    path = world.write_events(log_dir / f"day-{day}.jsonl", day, prompts, answers, labels, "lab", seed,
+                              n_users=N_USERS)
+    events = [json.loads(line) for line in path.read_text().splitlines() if line]
+    if variant.adversaries:
+        events += adversarial_events(model, tokenizer, day, seed, variant, n_events)
+    if variant.ratio is not None:
+        events = rebalance(events, variant.ratio, random.Random(f"imbalance/{seed}/{day}"))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in events))
+    tmp.replace(path)
+    return {"events": len(events), "up": sum(e["label"] == "up" for e in events),
+            "adversarial": sum(e["user_id"].startswith("adversary") for e in events)}
+
+
+def run_variant(variant: Variant, seed: int, base: Path, work: Path, nights: int, n_events: int,
+                n_truth: int, night0: dict, say=print) -> dict:
+    """Nights of one variant on one seed in `work` (wiped first); the per-night measurements."""
+    from ingest.curate import curate
+    from ingest.curation import CurateConfig
+    from ingest.job import IngestConfig, ingest
+    from training.config import TrainConfig
+    from training.trainer import train
+
+    shutil.rmtree(work, ignore_errors=True)
+    adapter, rows = None, []
+    for night in range(nights):
+        model, tokenizer = world.load_policy(base, adapter)
+        clicks = serve_day(model, tokenizer, night, seed, variant, n_events, work / "logs")
+        summary = ingest(sorted(str(p) for p in (work / "logs").glob("day-*.jsonl")), work / "lake",
+                         IngestConfig(insecure_dev_key=True), progress=False)
+        if summary.failed:
+            raise RuntimeError(f"ingest failed: {summary.failed}")
+        stats = curate(work / "lake", work / "snapshots", config=CurateConfig(eval_fraction=0.0, **variant.curate))
+        config = TrainConfig.load(None, **TRAIN, seed=seed, **variant.train)
+        out = work / "runs" / f"night-{night}"
+        trained = train(Path(stats["path"]), str(base), out, config, log=lambda line: None)
+        adapter = out
+        model, tokenizer = world.load_policy(base, adapter)
+        after = measure(model, tokenizer, seed, n_truth)
+        counts = stats["counts"]
+        rows.append(dict(night=night, **clicks, **after, train_seconds=trained["train_seconds"],
+                         steps=trained["steps"], lambda_d=stats["desirable_weight"],
+                         lambda_u=stats["undesirable_weight"], dropped_user_cap=counts.get("dropped_user_cap", 0)))
+        say(f"  {variant.name} seed {seed} night {night}: {clicks['events']} events ({clicks['up']} up, "
+            f"{clicks['adversarial']} adversarial), cap dropped {rows[-1]['dropped_user_cap']}; "
+            f"{trained['steps']} steps in {trained['train_seconds']:.0f}s; truth {after['truth']:.1%}, "
+            f"{after['words']:.1f} words")
+    return {"variant": variant.name, "seed": seed, "night0": night0, "nights": rows,
+            "truth": rows[-1]["truth"], "words": rows[-1]["words"]}

@@ -1,0 +1,86 @@
+"""The lab's report: per arm, each variant's ground truth over seeds (mean, 95% t-interval), its paired
+difference from `default` on the same seeds, and answer length drift; lab/report.md and lab/lab.png."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from evaluation.lab.arms import ARMS
+
+# Two-sided 95% Student t quantiles by degrees of freedom (no scipy in the environment).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% interval); the half-width is nan for a single value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, T95.get(n - 1, 1.96) * sd / math.sqrt(n)
+
+
+def _fmt(mean: float, half: float, scale: float = 100, unit: str = "") -> str:
+    return f"{mean * scale:.1f}{unit}" + ("" if math.isnan(half) else f" ± {half * scale:.1f}")
+
+
+def arm_table(arm: str, results: dict) -> list[str]:
+    """Markdown rows for one arm; `results[variant][seed]` is a run's result."""
+    base = results.get("default", {})
+    lines = [f"### {arm}", "", "| variant | seeds | ground truth % (95% CI) | Δ vs default, paired (95% CI) | "
+             "answer words | length drift vs night 0 | verdict |", "|---|---:|---:|---:|---:|---:|---|"]
+    for name in ARMS[arm]:
+        runs = results.get(name, {})
+        if not runs:
+            lines.append(f"| {name} | 0 | not run | | | | |")
+            continue
+        seeds = sorted(runs)
+        truth = interval([runs[s]["truth"] for s in seeds])
+        words = interval([runs[s]["words"] for s in seeds])
+        drift = interval([runs[s]["words"] - runs[s]["night0"]["words"] for s in seeds])
+        paired = [s for s in seeds if s in base]
+        delta, verdict = "", ""
+        if name != "default" and paired:
+            d = interval([runs[s]["truth"] - base[s]["truth"] for s in paired])
+            delta = _fmt(*d, unit=" pts")
+            verdict = ("no difference shown" if math.isnan(d[1]) or abs(d[0]) <= d[1]
+                       else ("better" if d[0] > 0 else "worse") + " beyond its interval")
+        lines.append(f"| {name} | {len(seeds)} | {_fmt(*truth)} | {delta} | {_fmt(*words, scale=1)} | "
+                     f"{_fmt(*drift, scale=1)} | {verdict} |")
+    return lines + [""]
+
+
+def write_report(out: Path, arms: list[str], results: dict, header: list[str]) -> Path:
+    lines = ["# Alignment lab report", ""] + header + [""]
+    for arm in arms:
+        lines += arm_table(arm, results)
+    lines += ["![ground truth per variant](lab.png)", ""]
+    _plot(out / "lab.png", arms, results)
+    path = out / "report.md"
+    tmp = path.with_name(".report.md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    return path
+
+
+def _plot(path: Path, arms: list[str], results: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(arms), figsize=(4.5 * len(arms), 4), squeeze=False)
+    for ax, arm in zip(axes[0], arms):
+        names = [n for n in ARMS[arm] if results.get(n)]
+        stats = [interval([r["truth"] for r in results[n].values()]) for n in names]
+        ax.bar(range(len(names)), [m * 100 for m, _ in stats],
+               yerr=[0 if math.isnan(h) else h * 100 for _, h in stats], capsize=4, color="tab:blue")
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        ax.set_title(arm)
+        ax.set_ylabel("ground truth %, 95% CI over seeds")
+    fig.tight_layout()
+    tmp = path.with_name(".lab.png.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,34 @@
+"""The lab's one command on the smallest setting: one variant, one seed, one night of 60 events."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_lab_command_runs_the_real_stages_and_writes_the_report(tmp_path):
+    cached = ROOT / "lab" / "base"
+    if cached.is_dir():  # the world's base takes ~1 min to build; reuse a built one when there is one
+        shutil.copytree(cached, tmp_path / "base")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "benchmarks/quality.py", "--arms", "poisoning",
+                           "--variants", "poison-1%+caps", "--seeds", "1", "--nights", "1", "--events", "60",
+                           "--truth-prompts", "10", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "runs" / "poison-1%+caps" / "seed-0.json").read_text())
+    night = result["nights"][0]
+    assert night["adversarial"] > 0 and night["dropped_user_cap"] > 0  # the adversaries voted; the cap thinned them
+    assert night["steps"] > 0 and 0.0 <= result["truth"] <= 1.0
+    report = (tmp_path / "report.md").read_text()
+    assert "| poison-1%+caps | 1 |" in report and (tmp_path / "lab.png").stat().st_size > 1000
+    assert "| default | 0 | not run |" in report  # what was not run is said, not left out
