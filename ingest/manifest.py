@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from ingest import snapshot as layout
 from ingest.balance import InsufficientData, class_weights
+from ingest.vote_caps import CAP_COUNTS
 
 
 def describe_files(folder: Path) -> tuple[list[dict], list[str]]:
@@ -94,11 +95,13 @@ def _check_weights(stats: dict, n_good: int, n_bad: int) -> list[str]:
 def _check_arithmetic(counts: dict, events_in: int | None) -> list[str]:
     """Every stage's count adds up: a runner that lost a bucket's counts (or rows) breaks one of these."""
     c = counts
-    dropped = sum(v for k, v in c.items() if k.startswith("dropped_"))
+    capped = sum(c.get(k, 0) for k in CAP_COUNTS)  # votes the poisoning caps dropped (ingest/vote_caps.py)
+    dropped = sum(v for k, v in c.items() if k.startswith("dropped_")) - capped
     rules = [
         ("events_in", events_in, c.get("events_in")),
-        ("votes = events_in - duplicates - superseded",
-         c.get("events_in", 0) - c.get("removed_duplicate_event_id", 0) - c.get("removed_superseded_vote", 0),
+        ("votes = events_in - duplicates - superseded - capped",
+         c.get("events_in", 0) - c.get("removed_duplicate_event_id", 0) - c.get("removed_superseded_vote", 0)
+         - capped,
          c.get("votes")),
         ("examples = votes - merged", c.get("votes", 0) - c.get("removed_merged_into_example", 0), c.get("examples")),
         ("examples = train + eval + dropped", c.get("train", 0) + c.get("eval", 0) + dropped, c.get("examples")),

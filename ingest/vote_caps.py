@@ -31,6 +31,10 @@ from ingest.keys import unit_interval
 _CAP_SALT = "\x1cthumbs-user-cap-v1"
 
 
+# What the caps drop are votes, not examples: counted where the votes are (before examples are formed).
+CAP_COUNTS = ("dropped_user_cap", "dropped_example_cap")
+
+
 def user_keep_fractions(user_ids: pa.Array, max_user_share: float) -> dict[str, float]:
     """{user: share of their votes to keep} for users over the cap; users within it are not listed."""
     if max_user_share >= 1.0:
