@@ -83,6 +83,27 @@ def serve_day(model, tokenizer, day: int, seed: int, variant: Variant, n_events:
             "adversarial": sum(e["user_id"].startswith("adversary") for e in events)}
 
 
+def z0_vs_length(run: Path) -> dict:
+    """How z0 tracks the micro-batch's length over a night's steps: Pearson r of the step's z0 with its
+    tokens per example, and z0's range (metrics.jsonl; z0 = 0 throughout gives r = None)."""
+    from training.run_folder import read_metrics
+
+    steps = read_metrics(run)
+    z0 = [s["kl"] for s in steps]
+    length = [s["tokens"] / s["examples"] for s in steps]
+    return {"z0_min": min(z0), "z0_max": max(z0), "z0_length_r": pearson(z0, length)}
+
+
+def pearson(a: list[float], b: list[float]) -> float | None:
+    n = len(a)
+    ma, mb = sum(a) / n, sum(b) / n
+    sa = sum((x - ma) ** 2 for x in a) ** 0.5
+    sb = sum((y - mb) ** 2 for y in b) ** 0.5
+    if n < 3 or sa == 0 or sb == 0:
+        return None
+    return sum((x - ma) * (y - mb) for x, y in zip(a, b)) / (sa * sb)
+
+
 def run_variant(variant: Variant, seed: int, base: Path, work: Path, nights: int, n_events: int,
                 n_truth: int, night0: dict, say=print) -> dict:
     """Nights of one variant on one seed in `work` (wiped first); the per-night measurements."""
@@ -109,7 +130,7 @@ def run_variant(variant: Variant, seed: int, base: Path, work: Path, nights: int
         model, tokenizer = world.load_policy(base, adapter)
         after = measure(model, tokenizer, seed, n_truth)
         counts = stats["counts"]
-        rows.append(dict(night=night, **clicks, **after, train_seconds=trained["train_seconds"],
+        rows.append(dict(night=night, **clicks, **after, **z0_vs_length(out), train_seconds=trained["train_seconds"],
                          steps=trained["steps"], lambda_d=stats["desirable_weight"],
                          lambda_u=stats["undesirable_weight"], dropped_user_cap=counts.get("dropped_user_cap", 0)))
         say(f"  {variant.name} seed {seed} night {night}: {clicks['events']} events ({clicks['up']} up, "
