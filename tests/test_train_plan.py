@@ -111,3 +111,43 @@ def test_a_prompt_holding_more_than_half_of_the_train_set_is_refused_with_what_t
     with pytest.raises(DataError, match="one prompt holds 6 of the 10 train examples.*more prompts"):
         check_trainable(encoded)
     check_trainable(encoded, split="eval")  # evaluation pairs nothing: only training needs it
+
+
+def pair_lengths(encoded: Encoded, pairs: tuple) -> float:
+    """Mean tokens of z0's mismatched pairs: prompt of one example + completion of its partner."""
+    examples, partners = pairs
+    return float(np.mean([len(encoded.prompt_ids[i]) + len(encoded.completion_ids[j]) for i, j in zip(examples, partners)]))
+
+
+@pytest.mark.parametrize("shape", ["pairs", "many", "dominant"])
+def test_z0_pairs_from_a_sample_of_the_epoch_do_not_follow_the_length_grouped_batch(shape):
+    # Length grouping makes each micro-batch short or long; pairs drawn from the micro-batch inherit its
+    # length (so z0 does too), pairs drawn at random from the split must not.
+    encoded = synthetic(640, shape, 1)
+    grouped = TrainConfig(micro_batch_size=8, length_group_size=32)
+    batch_plan, sample_plan = Plan(encoded, grouped, world=1), Plan(encoded, TrainConfig(**{**grouped.to_dict(),
+                                                                                               "kl_pairs": "sample"}), 1)
+    own, sampled, lengths = [], [], []
+    for step in range(batch_plan.steps_per_epoch):
+        micro = batch_plan.micro_batches(step, 0)
+        (b,), (s,) = batch_plan.kl_pairs(step, 0, micro), sample_plan.kl_pairs(step, 0, micro)
+        assert (b[0] == micro[0]).all()  # the micro-batch's own examples ...
+        assert not np.array_equal(np.sort(s[0]), np.sort(micro[0]))  # ... or others, drawn from the split
+        for examples, partners in (b, s):
+            assert len(examples) == len(micro[0])
+            assert (encoded.prompt_group[examples] != encoded.prompt_group[partners]).all()
+        lengths.append(float(encoded.lengths[micro[0]].mean()))
+        own.append(pair_lengths(encoded, b))
+        sampled.append(pair_lengths(encoded, s))
+    assert np.corrcoef(lengths, own)[0, 1] > 0.8
+    assert abs(np.corrcoef(lengths, sampled)[0, 1]) < 0.3
+    again = Plan(encoded, sample_plan.config, world=1)  # deterministic from the seed, so a resume sees the same
+    assert all(np.array_equal(x[0][0], y[0][0]) for x, y in
+               ((sample_plan.kl_pairs(k, 0, [np.arange(8)]), again.kl_pairs(k, 0, [np.arange(8)])) for k in range(5)))
+
+
+def test_the_config_refuses_an_unknown_pairing_or_objective():
+    with pytest.raises(ValueError, match="kl_pairs must be 'batch'.*or 'sample'"):
+        TrainConfig(kl_pairs="epoch")
+    with pytest.raises(ValueError, match="objective must be one of"):
+        TrainConfig(objective="dpo")

@@ -16,11 +16,18 @@ from common.configfile import load_config
 DEFAULTS_YAML = Path(__file__).with_name("kto.yaml")
 QUANTIZE = ("nf4", "none")
 Z0 = ("kl", "zero")
+KL_PAIRS = ("batch", "sample")
+OBJECTIVES = ("kto", "sft")
 SCHEDULES = ("linear", "cosine", "constant")
 
 
 @dataclass
 class TrainConfig:
+    objective: str = "kto"
+    """'kto': KTO on both classes. 'sft': supervised fine-tuning on the desirable (thumbs-up) examples only,
+    mean token negative log-likelihood of their completions; the baseline a team without KTO runs, and the
+    first stage of KTO after SFT (merge that adapter into the base, then train KTO from the merged model)."""
+
     # KTO
     beta: float = 0.1
     """β: sharpness of the value function around z0. Paper: 0.1 to 1 without SFT, 0.01 to 0.1 after SFT."""
@@ -32,6 +39,10 @@ class TrainConfig:
     z0: str = "kl"
     """'kl': z0 estimated on mismatched pairs of each micro-batch. 'zero': the paper's z0 = 0 variant,
     sound only after SFT on the same data; it skips two forward passes per step."""
+    kl_pairs: str = "batch"
+    """Where z0's mismatched pairs come from. 'batch': the micro-batch's own examples (the paper's estimate).
+    'sample': as many examples drawn at random from the whole split for each micro-batch, so z0 does not
+    follow the micro-batch's length when micro-batches are length-grouped (costs nothing extra)."""
 
     # Optimisation
     learning_rate: float = 5e-5
@@ -88,6 +99,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.quantize not in QUANTIZE:
             raise ValueError(f"quantize must be one of {QUANTIZE}, got {self.quantize!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.kl_pairs not in KL_PAIRS:
+            raise ValueError(f"kl_pairs must be 'batch' (the micro-batch's examples) or 'sample' (a random sample "
+                             f"of the split), got {self.kl_pairs!r}")
         if self.z0 not in Z0:
             raise ValueError(f"z0 must be 'kl' (estimate it) or 'zero' (the after-SFT variant), got {self.z0!r}")
         if self.schedule not in SCHEDULES:

@@ -127,6 +127,19 @@ def _render_all(template: Template, rows: list, counts: dict, dropped: list) -> 
     return out
 
 
+def desirable_only(encoded: Encoded) -> Encoded:
+    """The thumbs-up examples (SFT's data); the counts say how many undesirable ones were set aside."""
+    keep = np.flatnonzero(encoded.desirable)
+    if len(keep) == 0:
+        raise DataError(f"the split has no desirable (thumbs-up) examples of {len(encoded)}: SFT trains on those only")
+    counts = dict(encoded.counts, examples=len(keep), desirable=len(keep), undesirable=0,
+                  set_aside_undesirable=int(len(encoded) - len(keep)),
+                  prompts=len(set(encoded.prompt_group[keep].tolist())))
+    return Encoded([encoded.prompt_ids[i] for i in keep], [encoded.completion_ids[i] for i in keep],
+                   encoded.desirable[keep], encoded.prompt_group[keep], counts,
+                   rows=None if encoded.rows is None else encoded.rows[keep], dropped=encoded.dropped)
+
+
 def check_trainable(encoded: Encoded, split: str = "train") -> None:
     """Refuse, before any model is loaded, data that KTO cannot train on; the message says what to change."""
     c = encoded.counts

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +27,7 @@ from ingest.balance import ClassWeights, band_warning
 from training import checkpoint, distributed, run_folder
 from training.config import TrainConfig
 from ingest.snapshot import read_split, read_stats
-from training.data import Encoded, collate, encode, kl_partners
+from training.data import Encoded, collate, desirable_only, encode, kl_partners
 from training.loss import estimate_kl, kto_loss
 from training.model import (Scorer, compute_dtype, load_model, load_tokenizer, model_files_fingerprint, pick_device,
                             resolve_model_path, weights_fingerprint)
@@ -79,6 +80,27 @@ class Plan:
             out.append(self._epoch_batches(g // self.batches_per_epoch)[g % self.batches_per_epoch])
         return out
 
+    def kl_pairs(self, step: int, rank: int, micro: List[np.ndarray]) -> list:
+        """(examples, partners) per micro-batch: whose prompt meets whose completion in z0's estimate.
+
+        'batch': the micro-batch's own examples, deranged so no prompt meets its own completion.
+        'sample': as many examples drawn at random from the split, deterministic from (seed, step, rank); a
+        draw in which one prompt holds more than half is redrawn (after 8 tries the micro-batch is used)."""
+        groups = self.encoded.prompt_group
+        out = []
+        for a, idx in enumerate(micro):
+            chosen = idx
+            if self.config.kl_pairs == "sample":
+                rng = np.random.default_rng([self.config.seed, step, rank, a])
+                for _ in range(8):
+                    draw = rng.choice(len(self.encoded), size=len(idx), replace=False)
+                    top = max(Counter(groups[draw].tolist()).values())
+                    if top <= len(draw) - top:
+                        chosen = draw
+                        break
+            out.append((chosen, chosen[kl_partners(groups[chosen])]))
+        return out
+
 
 def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str) -> float:
     warmup = int(warmup_ratio * total)
@@ -98,15 +120,19 @@ STAT_NAMES = ("loss", "examples", "n_desirable", "n_undesirable", "reward_desira
 
 def train_step(scorer: Scorer, micro: List[np.ndarray], encoded: Encoded, reference: torch.Tensor,
                weights: ClassWeights, config: TrainConfig, device: torch.device, pad_id: int,
-               processes: distributed.Processes) -> torch.Tensor:
-    """Forward, backward and gradient sync for one optimizer step; returns the step's summed stats."""
+               processes: distributed.Processes, kl_pairs: Optional[list] = None) -> torch.Tensor:
+    """Forward, backward and gradient sync for one optimizer step; returns the step's summed stats.
+
+    `kl_pairs` (from `Plan.kl_pairs`) are z0's (examples, partners) per micro-batch; by default the
+    micro-batch's own examples, deranged."""
     stats = torch.zeros(len(STAT_NAMES), dtype=torch.float64, device=device)
-    for idx in micro:
+    if kl_pairs is None:
+        kl_pairs = [(idx, idx[kl_partners(encoded.prompt_group[idx])]) for idx in micro]
+    for idx, (kl_idx, kl_from) in zip(micro, kl_pairs):
         batch = collate(encoded, idx, config.max_length, pad_id).to(device)
         with torch.no_grad():  # z0 first, so its activations are gone before the policy's are kept
-            if config.z0 == "kl":
-                pairs = collate(encoded, idx, config.max_length, pad_id,
-                                completions_from=idx[kl_partners(encoded.prompt_group[idx])]).to(device)
+            if config.objective == "kto" and config.z0 == "kl":
+                pairs = collate(encoded, kl_idx, config.max_length, pad_id, completions_from=kl_from).to(device)
                 policy_kl = scorer(pairs)
                 with scorer.reference_mode():
                     reference_kl = scorer(pairs)
@@ -114,16 +140,22 @@ def train_step(scorer: Scorer, micro: List[np.ndarray], encoded: Encoded, refere
             else:
                 kl = torch.zeros((), device=device)
         policy_logps = scorer(batch)  # (B,)
-        reference_logps = reference[torch.from_numpy(idx)].to(device)
-        out = kto_loss(policy_logps, reference_logps, batch.desirable, kl, config.beta,
-                       desirable_weight=weights.desirable_weight, undesirable_weight=weights.undesirable_weight)
-        (out.losses.mean() / len(micro)).backward()
-
         d = batch.desirable
+        if config.objective == "sft":  # mean token NLL of the (all desirable) completions
+            loss = -policy_logps.sum() / batch.completion_mask.sum()
+            (loss / len(micro)).backward()
+            losses, rewards = loss.detach().expand(len(idx)), torch.zeros(len(idx), device=device)
+        else:
+            reference_logps = reference[torch.from_numpy(idx)].to(device)
+            out = kto_loss(policy_logps, reference_logps, batch.desirable, kl, config.beta,
+                           desirable_weight=weights.desirable_weight, undesirable_weight=weights.undesirable_weight)
+            (out.losses.mean() / len(micro)).backward()
+            losses, rewards = out.losses, out.rewards
+
         logps = policy_logps.detach().double()
         stats += torch.stack([
-            out.losses.detach().double().sum(), torch.tensor(float(len(idx)), device=device),
-            d.sum().double(), (~d).sum().double(), out.rewards[d].double().sum(), out.rewards[~d].double().sum(),
+            losses.detach().double().sum(), torch.tensor(float(len(idx)), device=device),
+            d.sum().double(), (~d).sum().double(), rewards[d].double().sum(), rewards[~d].double().sum(),
             logps[d].sum(), logps[~d].sum(), torch.tensor(float(batch.tokens), device=device),
             kl.double(),  # the same on every process: the all-summed value / world is z0
         ])
@@ -131,9 +163,10 @@ def train_step(scorer: Scorer, micro: List[np.ndarray], encoded: Encoded, refere
     return stats
 
 
-def summarize(stats: torch.Tensor, processes: distributed.Processes, micro_steps: int) -> dict:
+def summarize(stats: torch.Tensor, processes: distributed.Processes, micro_steps: int, kto: bool = True) -> dict:
+    """The step's metrics; under SFT there is no reference, so no rewards or margin."""
     s = dict(zip(STAT_NAMES, distributed.all_sum(stats, processes).tolist()))
-    mean = lambda a, b: a / b if b else None  # noqa: E731  (a class absent from the step has no mean)
+    mean = lambda a, b: a / b if b and kto else None  # noqa: E731  (a class absent from the step has no mean)
     rd, ru = mean(s["reward_desirable"], s["n_desirable"]), mean(s["reward_undesirable"], s["n_undesirable"])
     return {"loss": s["loss"] / s["examples"], "kl": s["kl"] / processes.world / micro_steps,
             "rewards/desirable": rd, "rewards/undesirable": ru,
@@ -189,10 +222,14 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     device = pick_device(config.device)
     model_dir = resolve_model_path(base_model)
     tokenizer = load_tokenizer(model_dir)
-    encoded = encode(read_split(snapshot), tokenizer, config.max_length, config.max_prompt_length)
+    encoded = encode(read_split(snapshot), tokenizer, config.max_length, config.max_prompt_length,
+                     check=config.objective == "kto")
+    if config.objective == "sft":
+        encoded = desirable_only(encoded)
     plan = Plan(encoded, config, processes.world)
     c = encoded.counts
-    weights = _class_weights(config, stats, c, say)
+    sft = config.objective == "sft"  # no λ in SFT's loss: unit weights, no balance to check
+    weights = ClassWeights(1.0, 1.0, c["desirable"], 0) if sft else _class_weights(config, stats, c, say)
     say(f"train: {c['examples']:,} examples ({c['desirable']:,} desirable / {c['undesirable']:,} undesirable, "
         f"{c['prompts']:,} prompts); truncated: {c['truncated_prompt']:,} prompts ({c['dropped_turns']:,} turns "
         f"dropped), {c['truncated_completion']:,} completions; dropped: {c['dropped_empty']:,} empty, "
@@ -202,9 +239,12 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     if lost:
         say(f"warning: {len(lost):,} example(s) could not be tokenized for training, e.g. row {lost[0][0]}: "
             f"{lost[0][1]}; `thumbs inspect` lists them")
+    objective = (f"SFT on the {c['desirable']:,} desirable examples ({c.get('set_aside_undesirable', 0):,} undesirable "
+                 "set aside)" if config.objective == "sft" else
+                 f"β={config.beta} λD={weights.desirable_weight:.4g} λU={weights.undesirable_weight:.4g} "
+                 f"z0={config.z0} ({config.kl_pairs} pairs)")
     say(f"train: {plan.total_steps:,} steps of {config.micro_batch_size} x {config.gradient_accumulation_steps} "
-        f"accumulation x {processes.world} process(es); β={config.beta} λD={weights.desirable_weight:.4g} "
-        f"λU={weights.undesirable_weight:.4g} z0={config.z0}; base {base_model} ({config.quantize}) on {device}")
+        f"accumulation x {processes.world} process(es); {objective}; base {base_model} ({config.quantize}) on {device}")
 
     fingerprint = weights_fingerprint(model_dir)
     torch.manual_seed(config.seed)  # LoRA's A matrices start random: the seed makes a run repeatable
@@ -216,10 +256,13 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
                     limits={"max_length": config.max_length, "max_prompt_length": config.max_prompt_length},
                     libraries=run_folder.library_versions())
     ref_started = time.monotonic()
-    reference, cached = reference_logps(
-        scorer, encoded, key=key, cache_dir=cache_dir(snapshot) if config.cache_reference else None,
-        batch_size=2 * config.micro_batch_size, max_length=config.max_length, pad_id=tokenizer.pad_token_id,
-        device=device, rank=processes.rank, world=processes.world, log=say)
+    if config.objective == "sft":  # no reference policy in SFT's loss
+        reference, cached = torch.zeros(len(encoded), dtype=torch.float32), None
+    else:
+        reference, cached = reference_logps(
+            scorer, encoded, key=key, cache_dir=cache_dir(snapshot) if config.cache_reference else None,
+            batch_size=2 * config.micro_batch_size, max_length=config.max_length, pad_id=tokenizer.pad_token_id,
+            device=device, rank=processes.rank, world=processes.world, log=say)
 
     optimizer = torch.optim.AdamW(scorer.trainable_parameters(), lr=config.learning_rate,
                                   betas=config.adam_betas, weight_decay=config.weight_decay)
@@ -232,7 +275,7 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
             "snapshot_id": stats.get("snapshot_id"), "snapshot": str(snapshot),
             "config": dict(config.to_dict(), desirable_weight=weights.desirable_weight,
                            undesirable_weight=weights.undesirable_weight),
-            "balance": {"ratio": weights.ratio, "in_band": weights.in_band},
+            "balance": None if sft else {"ratio": weights.ratio, "in_band": weights.in_band},
             "data": c, "processes": processes.world,
             "reference_cache": {"key": key, "hit": cached, "seconds": round(time.monotonic() - ref_started, 3)},
             "device": str(device), "setup_seconds": round(time.monotonic() - started, 2)}
@@ -253,8 +296,8 @@ def fit(run: Run, say: Callable) -> dict:
         t0 = time.monotonic()
         micro = run.plan.micro_batches(step, processes.rank)
         stats = train_step(run.scorer, micro, run.encoded, run.reference, run.weights, c, run.device,
-                           run.tokenizer.pad_token_id, processes)
-        row = summarize(stats, processes, len(micro))
+                           run.tokenizer.pad_token_id, processes, run.plan.kl_pairs(step, processes.rank, micro))
+        row = summarize(stats, processes, len(micro), kto=c.objective == "kto")
         clip = c.max_grad_norm if c.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         if not (math.isfinite(row["loss"]) and math.isfinite(grad_norm)):
