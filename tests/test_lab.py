@@ -1,4 +1,4 @@
-"""The lab's one command on the smallest setting: one variant, one seed, one night of 60 events."""
+"""The lab's one command on the smallest setting: two variants, one seed, one night of 60 events."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def test_lab_command_runs_the_real_stages_and_writes_the_report(tmp_path):
     if cached.is_dir():  # the world's base takes ~1 min to build; reuse a built one when there is one
         shutil.copytree(cached, tmp_path / "base")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "benchmarks/quality.py", "--arms", "poisoning",
-                           "--variants", "poison-1%+caps", "--seeds", "1", "--nights", "1", "--events", "60",
+    done = subprocess.run([sys.executable, "benchmarks/quality.py", "--arms", "poisoning,baselines",
+                           "--variants", "poison-1%+caps,SFT then KTO", "--seeds", "1", "--nights", "1", "--events", "60",
                            "--truth-prompts", "10", "--out", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -29,6 +29,13 @@ def test_lab_command_runs_the_real_stages_and_writes_the_report(tmp_path):
     night = result["nights"][0]
     assert night["adversarial"] > 0 and night["dropped_user_cap"] > 0  # the adversaries voted; the cap thinned them
     assert night["steps"] > 0 and 0.0 <= result["truth"] <= 1.0
+    assert night["z0_max"] >= night["z0_min"] >= 0 and -1 <= night["z0_length_r"] <= 1
+    # KTO after SFT: the SFT adapter merged into a base of its own, from which KTO trained (its reference)
+    work = tmp_path / "runs" / "SFT_then_KTO" / "work-0"
+    kto = json.loads((work / "runs" / "night-0" / "thumbs_meta.json").read_text())
+    sft = json.loads((work / "runs" / "night-0-sft" / "thumbs_meta.json").read_text())
+    assert sft["config"]["objective"] == "sft" and kto["config"]["objective"] == "kto"
+    assert Path(kto["base_model"]) == work / "merged" / "night-0" and kto["base_model_sha256"] != sft["base_model_sha256"]
     report = (tmp_path / "report.md").read_text()
-    assert "| poison-1%+caps | 1 |" in report and (tmp_path / "lab.png").stat().st_size > 1000
+    assert "| poison-1%+caps | 1 |" in report and "| SFT then KTO | 1 |" in report and (tmp_path / "lab.png").stat().st_size > 1000
     assert "| default | 0 | not run |" in report  # what was not run is said, not left out

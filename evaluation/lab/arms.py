@@ -1,7 +1,8 @@
 """The lab's arms: named variants of the default night, each changing one thing, compared on the same seeds.
 
 A variant changes the day's feedback (`events`: poisoning, imbalance, label noise), the curation config
-(`curate`: the vote caps) or the training config (`train`: λ, z0, micro-batch composition). Every arm
+(`curate`: the vote caps), the training config (`train`: λ, z0, micro-batch composition) or the objective
+(`sft`: the SFT baselines). Every arm
 includes `default`, run once per seed and shared by all arms.
 """
 
@@ -23,6 +24,9 @@ class Variant:
     """Thumbs-down per thumbs-up kept each day (the majority side discarded at random); None keeps all."""
     curate: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    sft: str | None = None
+    """'only': SFT on the thumbs-up instead of KTO; 'then-kto': SFT, its adapter merged into the base, then
+    KTO from that merged model (so the reference, adapter off, is the SFT model, as in the paper)."""
 
 
 N_USERS = 300  # honest users per day: 1% of them is 3 accounts
@@ -45,6 +49,9 @@ VARIANTS = {v.name: v for v in [
     Variant("z0=0", train={"z0": "zero"}),
     # (3) micro-batch composition
     Variant("random micro-batches", train={"length_group_size": 1}),
+    Variant("grouped+sampled z0", train={"kl_pairs": "sample"}),
+    # (4) baselines
+    Variant("SFT only", sft="only"), Variant("SFT then KTO", sft="then-kto"),
     # (5) label noise
     Variant("noise 20%", noise=0.20), Variant("noise 30%", noise=0.30),
 ]}
@@ -53,7 +60,8 @@ ARMS = {  # in the order of value the issue's session set
     "poisoning": ["default", "default+caps", "poison-1%", "poison-1%+caps", "poison-1user", "poison-1user+caps"],
     "imbalance": ["default", "1:1 λ-counts", "1:1 λ=1", "1:4 λ-counts", "1:4 λ=1", "1:10 λ-counts", "1:10 λ=1"],
     "z0": ["default", "z0=0"],
-    "microbatch": ["default", "random micro-batches"],
+    "microbatch": ["default", "random micro-batches", "grouped+sampled z0"],
+    "baselines": ["default", "SFT only", "SFT then KTO"],
     "noise": ["default", "noise 20%", "noise 30%"],
 }
 

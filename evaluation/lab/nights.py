@@ -104,6 +104,20 @@ def pearson(a: list[float], b: list[float]) -> float | None:
     return sum((x - ma) * (y - mb) for x, y in zip(a, b)) / (sa * sb)
 
 
+def merge(base: Path, adapter: Path, folder: Path) -> Path:
+    """`base` with `adapter` merged in, saved as a plain model (the tokenizer's files copied from `base`)."""
+    model, _ = world.load_policy(base, adapter)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    for f in base.iterdir():
+        if f.is_file() and not (tmp / f.name).exists():
+            shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+    return folder
+
+
 def run_variant(variant: Variant, seed: int, base: Path, work: Path, nights: int, n_events: int,
                 n_truth: int, night0: dict, say=print) -> dict:
     """Nights of one variant on one seed in `work` (wiped first); the per-night measurements."""
@@ -114,20 +128,27 @@ def run_variant(variant: Variant, seed: int, base: Path, work: Path, nights: int
     from training.trainer import train
 
     shutil.rmtree(work, ignore_errors=True)
-    adapter, rows = None, []
+    adapter, policy_base, rows = None, base, []
     for night in range(nights):
-        model, tokenizer = world.load_policy(base, adapter)
+        model, tokenizer = world.load_policy(policy_base, adapter)
         clicks = serve_day(model, tokenizer, night, seed, variant, n_events, work / "logs")
         summary = ingest(sorted(str(p) for p in (work / "logs").glob("day-*.jsonl")), work / "lake",
                          IngestConfig(insecure_dev_key=True), progress=False)
         if summary.failed:
             raise RuntimeError(f"ingest failed: {summary.failed}")
         stats = curate(work / "lake", work / "snapshots", config=CurateConfig(eval_fraction=0.0, **variant.curate))
-        config = TrainConfig.load(None, **TRAIN, seed=seed, **variant.train)
-        out = work / "runs" / f"night-{night}"
-        trained = train(Path(stats["path"]), str(base), out, config, log=lambda line: None)
+        snapshot, policy_base, out = Path(stats["path"]), base, work / "runs" / f"night-{night}"
+        if variant.sft:
+            sft_out = out.with_name(f"{out.name}-sft") if variant.sft == "then-kto" else out
+            trained = train(snapshot, str(base), sft_out, TrainConfig.load(None, **TRAIN, seed=seed, objective="sft"),
+                            log=lambda line: None)
+            if variant.sft == "then-kto":
+                policy_base = merge(base, sft_out, work / "merged" / f"night-{night}")
+        if variant.sft != "only":
+            config = TrainConfig.load(None, **TRAIN, seed=seed, **variant.train)
+            trained = train(snapshot, str(policy_base), out, config, log=lambda line: None)
         adapter = out
-        model, tokenizer = world.load_policy(base, adapter)
+        model, tokenizer = world.load_policy(policy_base, adapter)
         after = measure(model, tokenizer, seed, n_truth)
         counts = stats["counts"]
         rows.append(dict(night=night, **clicks, **after, **z0_vs_length(out), train_seconds=trained["train_seconds"],
