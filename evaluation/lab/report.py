@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from evaluation.lab.arms import ARMS
+from evaluation.lab.arms import ARMS, PAIRS
 
 # Two-sided 95% Student t quantiles by degrees of freedom (no scipy in the environment).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -49,6 +49,42 @@ def arm_table(arm: str, results: dict) -> list[str]:
                        else ("better" if d[0] > 0 else "worse") + " beyond its interval")
         lines.append(f"| {name} | {len(seeds)} | {_fmt(*truth)} | {delta} | {_fmt(*words, scale=1)} | "
                      f"{_fmt(*drift, scale=1)} | {verdict} |")
+    return lines + [""] + pairs_table(arm, results) + (z0_table(arm, results) if arm == "microbatch" else [])
+
+
+def pairs_table(arm: str, results: dict) -> list[str]:
+    """The arm's head-to-head comparisons (PAIRS), each paired by seed."""
+    rows = []
+    for a, b in PAIRS.get(arm, []):
+        seeds = sorted(set(results.get(a, {})) & set(results.get(b, {})))
+        if not seeds:
+            continue
+        d = interval([results[a][s]["truth"] - results[b][s]["truth"] for s in seeds])
+        verdict = ("no difference shown" if math.isnan(d[1]) or abs(d[0]) <= d[1]
+                   else ("better" if d[0] > 0 else "worse") + " beyond its interval")
+        rows.append(f"| {a} − {b} | {len(seeds)} | {_fmt(*d, unit=' pts')} | {verdict} |")
+    if not rows:
+        return []
+    return ["| comparison (paired by seed) | seeds | Δ ground truth (95% CI) | verdict |", "|---|---:|---:|---|",
+            *rows, ""]
+
+
+def z0_table(arm: str, results: dict) -> list[str]:
+    """Per night: how z0 followed the micro-batch's length (Pearson r over the night's steps, mean over seeds)."""
+    lines = ["z0 against the micro-batch's length, per night: Pearson r of each step's z0 with its tokens per "
+             "example (mean over seeds, and the seeds' range), and z0's range over all steps.", "",
+             "| variant | night | r(z0, length), mean | r, seeds' range | z0 min–max |", "|---|---:|---:|---:|---:|"]
+    for name in ARMS[arm]:
+        runs = results.get(name, {})
+        nights = max((len(r["nights"]) for r in runs.values()), default=0)
+        for night in range(nights):
+            rows = [r["nights"][night] for r in runs.values() if len(r["nights"]) > night and "z0_length_r" in
+                    r["nights"][night]]
+            rs = [row["z0_length_r"] for row in rows if row["z0_length_r"] is not None]
+            if not rs:
+                continue
+            lines.append(f"| {name} | {night} | {sum(rs) / len(rs):+.2f} | {min(rs):+.2f} to {max(rs):+.2f} | "
+                         f"{min(row['z0_min'] for row in rows):.2f}–{max(row['z0_max'] for row in rows):.2f} |")
     return lines + [""]
 
 
