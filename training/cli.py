@@ -18,6 +18,9 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in OUT from its last checkpoint."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="nf4 (QLoRA, default) | none."),
     z0: Optional[str] = typer.Option(None, "--z0", help="kl (estimate, default) | zero (the after-SFT variant)."),
+    kl_pairs: Optional[str] = typer.Option(None, "--kl-pairs", help="z0's pairs: batch (the micro-batch's, default) | "
+                                           "sample (drawn across the split)."),
+    objective: Optional[str] = typer.Option(None, "--objective", help="kto (default) | sft (thumbs-up only)."),
     beta: Optional[float] = typer.Option(None, "--beta", help="β of the KTO value function."),
     desirable_weight: Optional[float] = typer.Option(None, "--desirable-weight", help="λD (default: stats.json)."),
     undesirable_weight: Optional[float] = typer.Option(None, "--undesirable-weight", help="λU (default: stats.json)."),
@@ -37,7 +40,7 @@ def train_command(
 
     try:
         config = TrainConfig.load(
-            config_file, quantize=quantize, z0=z0, beta=beta, desirable_weight=desirable_weight,
+            config_file, quantize=quantize, z0=z0, kl_pairs=kl_pairs, objective=objective, beta=beta, desirable_weight=desirable_weight,
             undesirable_weight=undesirable_weight, learning_rate=learning_rate, epochs=epochs, max_steps=max_steps,
             micro_batch_size=micro_batch_size, seed=seed, device=device)
         summary = train(snapshot, base_model, out, config, resume=resume)
