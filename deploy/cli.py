@@ -31,7 +31,7 @@ def _errors() -> tuple:
 
 def evaluate_command(
     adapter: Path = typer.Option(..., "--adapter", help="Adapter folder written by `thumbs train`."),
-    snapshot: Path = typer.Option(..., "--snapshot", help="Snapshot folder whose eval split is scored."),
+    snapshot: str = typer.Option(..., "--snapshot", help="Snapshot folder or URL whose eval split is scored."),
     registry: Optional[str] = typer.Option(None, "--registry", help=REGISTRY_HELP + " Production's adapter "
                                            "is scored too, for the promotion decision."),
     name: str = typer.Option("default", "--name", help="Model name inside the registry."),

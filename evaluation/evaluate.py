@@ -27,6 +27,7 @@ from evaluation.metrics import preference_metrics
 from evaluation.suites import load_suite, score_suite
 from common.atomic import write_json_atomic
 from ingest import snapshot as layout
+from ingest.remote import local_snapshot
 from ingest.snapshot import SnapshotError, read_split, read_stats
 from training.data import DataError, encode
 from training.run_folder import RunFolderError, metrics_path, read_meta
@@ -74,7 +75,7 @@ def evaluate(adapter: Path, snapshot: Path, *, incumbent: Optional[Path] = None,
              log: Callable[[str], None] = print) -> dict:
     """Evaluate `adapter` (and `incumbent`, production's adapter folder) on `snapshot`'s eval split."""
     started = time.monotonic()
-    adapter, snapshot = Path(adapter), Path(snapshot)
+    adapter, snapshot = Path(adapter), local_snapshot(snapshot)  # a URL: its verified local mirror
     meta = read_adapter(adapter)
     model_dir = _base_dir(base_model or meta.get("base_model_path") or meta["base_model"], meta)
     incumbent_meta = None

@@ -59,7 +59,11 @@ def _snapshot_key(context, arguments: dict) -> Optional[str]:
     from ingest.curate import partition_files, snapshot_id
     from ingest.snapshot import is_published
 
+    from ingest.remote import is_remote
+
     params: RetrainParams = arguments["params"]
+    if is_remote(params.path("lake")) or is_remote(params.path("snapshots")):
+        return None  # on an object store the task runs; curate itself finds a published snapshot and reuses it
     lake = Path(params.path("lake"))
     since, until = _window(params)
     try:
@@ -92,7 +96,7 @@ def train_adapter(params: RetrainParams, snapshot: dict, out: str) -> dict:
     from training.trainer import train
 
     config = TrainConfig.load(params.train_config, **params.train_overrides())
-    return train(Path(snapshot["path"]), params.base_model, Path(out), config, resume=_unfinished(out), log=_log())
+    return train(snapshot["path"], params.base_model, Path(out), config, resume=_unfinished(out), log=_log())
 
 
 def _unfinished(out: str) -> bool:
@@ -125,7 +129,7 @@ def evaluate_adapter(params: RetrainParams, adapter: str, snapshot: dict) -> dic
     config = EvalConfig(suites=params.suites, generation_prompts=params.generation_prompts,
                         max_new_tokens=params.max_new_tokens, device=params.device or "auto")
     # base_model from the parameters: the path in the adapter's metadata is where training ran (maybe a GPU box).
-    return evaluate_candidate(Path(adapter), Path(snapshot["path"]), Registry(params.path("registry"), params.model_name),
+    return evaluate_candidate(Path(adapter), snapshot["path"], Registry(params.path("registry"), params.model_name),
                               base_model=params.base_model, config=config, log=_log())
 
 
@@ -223,7 +227,7 @@ def train_flow(snapshot: str, base_model: str, out: str, train_config: Optional[
     from training.trainer import train
 
     config = TrainConfig.load(train_config, **(overrides or {}))
-    return train(Path(snapshot), base_model, Path(out), config, resume=_unfinished(out), log=_log())
+    return train(snapshot, base_model, Path(out), config, resume=_unfinished(out), log=_log())
 
 
 def run_folder(params: RetrainParams) -> str:

@@ -30,7 +30,10 @@ class RetrainParams(BaseModel):
         "skipped, so pointing at the whole log folder every night is fine."))
     source_format: Literal["events", "pairs", "hh"] = Field("events", description="Format of the sources.")
     workdir: str = Field(".thumbs", description="Root for lake/, snapshots/, runs/ and registry/ unless set below.")
-    lake: Optional[str] = Field(None, description="Parquet lake (default WORKDIR/lake).")
+    lake: Optional[str] = Field(None, description="Parquet lake folder or fsspec URL, e.g. s3://bucket/lake "
+                                                  "(default WORKDIR/lake).")
+    snapshots: Optional[str] = Field(None, description="Folder or fsspec URL of curated snapshots "
+                                                       "(default WORKDIR/snapshots).")
     registry: Optional[str] = Field(None, description="Registry folder or fsspec URL (default WORKDIR/registry).")
     model_name: str = Field("default", description="Model name inside the registry; one retrain at a time per name.")
     lock_timeout_s: float = Field(6 * 3600, gt=0, description=(

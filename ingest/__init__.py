@@ -15,6 +15,7 @@ Modules, in reading order:
     curate.py      `thumbs curate`: the Beam job around curation.py, snapshot ids, publishing
     snapshot.py    a snapshot's layout on disk: every reader and writer of a snapshot goes through it
     manifest.py    a snapshot that proves itself: its manifest and the checks against its stats
+    remote.py      the lake and snapshots on an object store (s3://): a local mirror, commit marks uploaded last
     portable.py    Beam's portable runner on this machine (job service + worker pool), for tests
     progress.py    progress lines for long jobs
     cli.py         the `thumbs ingest` and `thumbs curate` commands

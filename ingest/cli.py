@@ -16,7 +16,7 @@ from ingest.records import FORMATS, parse_timestamp, BadRow
 
 def ingest_command(
     sources: List[Path] = typer.Argument(..., help="JSONL files (optionally .gz) of feedback."),
-    lake: Path = typer.Option(..., "--lake", help="Lake directory; created if missing."),
+    lake: str = typer.Option(..., "--lake", help="Lake folder (created if missing) or object-store URL (s3://...)."),
     format: str = typer.Option("events", "--format", help=f"Source format: {', '.join(FORMATS)}."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
     scrub_pii: bool = typer.Option(False, "--scrub-pii", help="Mask e-mail addresses and phone numbers in texts."),
@@ -68,9 +68,9 @@ def ingest_command(
 
 def curate_command(
     ctx: typer.Context,
-    lake: Optional[Path] = typer.Option(None, "--lake", help="Lake directory written by `thumbs ingest`."),
-    out: Optional[Path] = typer.Option(
-        None, "--out", help="Directory of snapshots; the snapshot goes to OUT/<snapshot_id>/."),
+    lake: Optional[str] = typer.Option(None, "--lake", help="Lake folder or URL written by `thumbs ingest`."),
+    out: Optional[str] = typer.Option(
+        None, "--out", help="Folder or URL of snapshots; the snapshot goes to OUT/<snapshot_id>/."),
     since: Optional[str] = typer.Option(None, "--since", help="First event date to include (YYYY-MM-DD)."),
     until: Optional[str] = typer.Option(None, "--until", help="Last event date to include (YYYY-MM-DD)."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML of CurateConfig fields."),

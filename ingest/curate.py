@@ -39,7 +39,7 @@ from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBa
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from ingest import snapshot as layout
+from ingest import remote, snapshot as layout
 from ingest.balance import class_weights
 from common.faults import as_disk_full, fault_point, one_error_for_disk_full
 from ingest.curation import CURATED_SCHEMA, CurateConfig, add_keys, resolve, split_by_bucket, sum_counts
@@ -185,6 +185,10 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
 
     Raises CurateError, publishing nothing, when the files written disagree with the counts."""
     config = config or CurateConfig()
+    if remote.is_remote(lake):
+        lake = remote.pull_lake(str(lake))
+    if remote.is_remote(out):
+        return _curate_to_store(Path(lake), str(out), since, until, config, beam_args, writer)
     lake, out = Path(lake), Path(out)
     files = partition_files(lake, since, until)
     if not files:
@@ -221,6 +225,20 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
             raise full from err
         raise
     return {**stats, "path": str(final), "reused": False}
+
+
+def _curate_to_store(lake: Path, url: str, since, until, config: CurateConfig, beam_args, writer) -> dict:
+    """Curate into the store's local mirror, then publish the snapshot there, stats.json last (ingest/remote.py)."""
+    files = partition_files(lake, since, until)
+    if files:
+        target = f"{url.rstrip('/')}/{snapshot_id(files, lake, config, since, until)}"
+        if remote.remote_published(target):  # a finished snapshot is never rewritten, there either
+            local = remote.local_snapshot(target)
+            return {**layout.read_stats(local), "path": target, "local_path": str(local), "reused": True}
+    stats = curate(lake, remote.mirror_dir(url), since, until, config, beam_args, writer)
+    target = f"{url.rstrip('/')}/{stats['snapshot_id']}"
+    remote.publish_snapshot(Path(stats["path"]), target)
+    return {**stats, "path": target, "local_path": stats["path"], "reused": False}
 
 
 def _read_counts(work: Path, runner: str) -> dict:

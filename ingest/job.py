@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest import arrow_path, lake as lake_files
+from ingest import arrow_path, lake as lake_files, remote
 from ingest.formats.options import FormatOptions
 from ingest.privacy import Pseudonymizer, resolve_key, scrub_text
 from ingest.progress import Progress
@@ -165,6 +165,8 @@ def ingest(sources: list[str | os.PathLike], lake: str | os.PathLike, config: In
            progress: bool = True) -> IngestSummary:
     """Ingest each source into the lake; see the module docstring."""
     config = config or IngestConfig()
+    if remote.is_remote(lake):  # an object store: through a local mirror, commit records uploaded last
+        return remote.ingest(sources, str(lake), config, progress)
     if config.format in FOREIGN_FORMATS:  # joins across sources: ingest/formats/run.py drives the run
         from ingest.formats.run import ingest_run
         return ingest_run(sources, lake, config, progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -72,3 +73,21 @@ def tree(root: Path, skip: tuple = ()) -> dict:
 def visible(files: dict) -> dict:
     """The entries no reader skips: no path component starting with '.'."""
     return {k: v for k, v in files.items() if not any(part.startswith(".") for part in Path(k).parts)}
+
+
+def feedback(path: Path) -> Path:
+    """Events on two days, a duplicate and bad lines: two partitions and a quarantine file."""
+    lines = []
+    for i in range(40):
+        day = "2026-11-19" if i % 2 else "2026-11-20"
+        lines.append(json.dumps({"event_id": f"e{i}", "timestamp": f"{day}T03:00:00Z", "user_id": f"u{i % 7}",
+                                 "prompt": f"question {i % 10}", "completion": f"answer {i}",
+                                 "label": "up" if i % 3 else "down"}))
+    lines += ["not json", json.dumps({"event_id": "e1", "timestamp": "2026-11-20T03:00:00Z", "prompt": "p",
+                                      "completion": "c", "label": "up"})]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def ingest_args(source: Path, lake: Path) -> list:
+    return ["ingest", source, "--lake", lake, "--insecure-dev-key", "--quiet"]

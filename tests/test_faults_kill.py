@@ -14,30 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from fault_helpers import kill_at, thumbs, tree, visible
+from fault_helpers import feedback, ingest_args, kill_at, thumbs, tree, visible
 
 pytestmark = pytest.mark.slow
 
 QUICK_TRAIN = "max_steps: 6\ncheckpoint_every: 2\nmicro_batch_size: 4\nmax_length: 128\nmax_prompt_length: 96\n" \
               "learning_rate: 1.0e-3\nquantize: none\n"
-
-
-def feedback(path: Path) -> Path:
-    """Events on two days, a duplicate and bad lines: two partitions and a quarantine file."""
-    lines = []
-    for i in range(40):
-        day = "2026-11-19" if i % 2 else "2026-11-20"
-        lines.append(json.dumps({"event_id": f"e{i}", "timestamp": f"{day}T03:00:00Z", "user_id": f"u{i % 7}",
-                                 "prompt": f"question {i % 10}", "completion": f"answer {i}",
-                                 "label": "up" if i % 3 else "down"}))
-    lines += ["not json", json.dumps({"event_id": "e1", "timestamp": "2026-11-20T03:00:00Z", "prompt": "p",
-                                      "completion": "c", "label": "up"})]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def ingest_args(source: Path, lake: Path) -> list:
-    return ["ingest", source, "--lake", lake, "--insecure-dev-key", "--quiet"]
 
 
 @pytest.mark.parametrize("point", ["ingest.mid_partition", "ingest.mid_commit"])

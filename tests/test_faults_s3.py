@@ -2,7 +2,9 @@
 against), s3fs pointed at it through AWS_ENDPOINT_URL_S3, as a user would configure a MinIO or other
 endpoint. Promote, rollback and export through s3://; a promotion killed mid-copy (S3 has no rename, so
 the files are written in place) or before its alias write; a damaged version that a retry must not make
-production; the lease lock, taken with S3's conditional write (If-None-Match).
+production; the lease lock, taken with S3's conditional write (If-None-Match). The lake and the snapshots
+on s3:// (ingest/remote.py): the same files as a local run, and ingest or curate killed mid-upload leaves
+nothing a reader takes, then the rerun finishes it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
-from fault_helpers import kill_at, thumbs  # noqa: E402
+from fault_helpers import feedback, ingest_args, kill_at, thumbs, tree  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -163,3 +165,152 @@ def test_the_lease_lock_on_s3_admits_one_writer_and_survives_a_dead_holder(s3):
         # the same create-if-absent that a racing writer would try is refused while the lease is held
         with pytest.raises(FileExistsError):
             second.fs.pipe_file(second.path(".locks", f"{second._lease:012d}"), b"{}", mode="create")
+
+
+# --- the lake and the snapshots on S3 ---------------------------------------------------------------------------
+
+def store_tree(url: str, skip: tuple = ()) -> dict:
+    """{relative key: sha256} of every object under url, as `tree` gives for a folder."""
+    import hashlib
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    return {key[len(root) + 1:]: None if key.rsplit("/", 1)[1] in skip else hashlib.sha256(fs.cat_file(key)).hexdigest()
+            for key in sorted(fs.find(root))}
+
+
+def without_records(files: dict) -> dict:
+    """A lake's files with each source record's content left out (it holds the time of the ingest)."""
+    return {k: (None if k.startswith("_sources/") else v) for k, v in files.items()}
+
+
+def split_rows(snapshot: Path, split: str) -> list:
+    import pyarrow.parquet as pq
+
+    return sorted(pq.read_table(snapshot / split).to_pylist(), key=lambda r: r["event_id"]) \
+        if (snapshot / split).is_dir() else []
+
+
+@pytest.fixture
+def local_run(tmp_path):
+    """The same feedback ingested and curated on the local disk: what every S3 run must equal."""
+    source = feedback(tmp_path / "events.jsonl")
+    assert thumbs(*ingest_args(source, tmp_path / "local-lake")).returncode == 0
+    done = thumbs("curate", "--lake", tmp_path / "local-lake", "--out", tmp_path / "local-snapshots", "--json")
+    assert done.returncode == 0, done.stderr
+    sid = json.loads(done.stdout)["snapshot_id"]
+    return source, tmp_path / "local-lake", tmp_path / "local-snapshots" / sid
+
+
+def test_ingest_curate_and_train_on_s3_write_what_a_local_run_writes(s3, local_run, tiny_model, tmp_path):
+    from ingest.remote import local_snapshot
+
+    source, local_lake, local_snap = local_run
+    env = {**s3[1], "THUMBS_CACHE": str(tmp_path / "cache")}
+    lake, snapshots = f"{s3[0]}/same/lake", f"{s3[0]}/same/snapshots"
+    assert thumbs(*ingest_args(source, lake), extra_env=env).returncode == 0
+    assert without_records(store_tree(lake)) == without_records(tree(local_lake))
+
+    done = thumbs("curate", "--lake", lake, "--out", snapshots, "--json", extra_env=env)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout)
+    assert stats["snapshot_id"] == local_snap.name and stats["path"] == f"{snapshots}/{local_snap.name}"
+    remote = store_tree(stats["path"])
+    assert remote.keys() == tree(local_snap).keys()
+    assert remote["stats.json"] == tree(local_snap)["stats.json"]  # the counts, weights and inputs, byte for byte
+
+    # Another machine (an empty cache) reads the published snapshot: downloaded, checked against its manifest.
+    os.environ["THUMBS_CACHE"] = str(tmp_path / "other-machine")
+    try:
+        copy = local_snapshot(stats["path"])
+    finally:
+        os.environ.pop("THUMBS_CACHE")
+    assert copy.is_relative_to(tmp_path / "other-machine")
+    for split in ("train", "eval"):
+        assert split_rows(copy, split) == split_rows(local_snap, split)
+
+    again = thumbs("curate", "--lake", lake, "--out", snapshots, extra_env=env)
+    assert again.returncode == 0 and "unchanged, reusing" in again.stdout, again.stderr
+    trained = thumbs("train", "--snapshot", stats["path"], "--base-model", tiny_model, "--out", tmp_path / "adapter",
+                     "--max-steps", "1", "--micro-batch-size", "4", "--quantize", "none", "--json", extra_env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    from training.run_folder import read_meta
+
+    assert json.loads(trained.stdout)["steps"] == 1 and read_meta(tmp_path / "adapter")["snapshot_id"] == local_snap.name
+
+
+@pytest.mark.parametrize("machine", ["same", "other"])
+def test_ingest_killed_mid_upload_to_s3_shows_nothing_and_the_rerun_finishes(s3, local_run, machine, tmp_path):
+    """Killed after one data file reached S3, before the source's record: no reader takes that file. The rerun
+    on the same machine uploads what its mirror holds; one on another machine (no mirror) ingests again."""
+    source, local_lake, _ = local_run
+    lake = f"{s3[0]}/ingest-kill-{machine}/lake"
+    env = {**s3[1], "THUMBS_CACHE": str(tmp_path / "cache")}
+    kill_at("remote.mid_upload", *ingest_args(source, lake), workdir=tmp_path, extra_env=env)
+    left = store_tree(lake)
+    assert len(left) == 1 and not any(k.startswith("_sources/") for k in left)
+    assert all(tree(local_lake)[k] == v for k, v in left.items())  # whole, and exactly what the local run wrote
+    refused = thumbs("curate", "--lake", lake, "--out", tmp_path / "snapshots",
+                     extra_env={**env, "THUMBS_CACHE": str(tmp_path / "reader")})
+    assert refused.returncode == 2 and "no feedback" in refused.stderr, refused.stderr  # the file is not committed
+
+    if machine == "other":
+        env["THUMBS_CACHE"] = str(tmp_path / "other-cache")
+    rerun = thumbs(*ingest_args(source, lake), extra_env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert without_records(store_tree(lake)) == without_records(tree(local_lake))
+
+
+def test_curate_killed_mid_upload_to_s3_publishes_nothing_and_the_rerun_publishes_it_whole(s3, local_run, tmp_path):
+    from ingest.remote import local_snapshot
+    from ingest.snapshot import SnapshotError
+
+    source, _, local_snap = local_run
+    env = {**s3[1], "THUMBS_CACHE": str(tmp_path / "cache")}
+    lake, snapshots = f"{s3[0]}/curate-kill/lake", f"{s3[0]}/curate-kill/snapshots"
+    assert thumbs(*ingest_args(source, lake), extra_env=env).returncode == 0
+    args = ["curate", "--lake", lake, "--out", snapshots, "--json"]
+    kill_at("remote.mid_upload", *args, workdir=tmp_path, extra_env=env)
+    url = f"{snapshots}/{local_snap.name}"
+    assert len(store_tree(url)) == 1 and "stats.json" not in store_tree(url)
+    os.environ["THUMBS_CACHE"] = str(tmp_path / "reader")
+    try:
+        with pytest.raises(SnapshotError, match="not a finished"):  # training and evaluation refuse it
+            local_snapshot(url)
+    finally:
+        os.environ.pop("THUMBS_CACHE")
+
+    rerun = thumbs(*args, extra_env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    stats = json.loads(rerun.stdout)
+    assert stats["path"] == url and not stats["reused"]
+    assert store_tree(url).keys() == tree(local_snap).keys()
+    assert store_tree(url)["stats.json"] == tree(local_snap)["stats.json"]
+
+
+def test_the_nightly_flow_runs_with_its_lake_snapshots_and_registry_on_s3(s3, style_snapshot, tiny_model, tmp_path,
+                                                                          monkeypatch):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from deploy.registry import Registry
+    from flows.nightly import nightly_retrain
+    from flows.params import RetrainParams
+
+    monkeypatch.setenv("THUMBS_CACHE", str(tmp_path / "cache"))
+    root = f"{s3[0]}/nightly"
+    params = RetrainParams(sources=[str(style_snapshot.parents[1] / "feedback.jsonl")], workdir=str(tmp_path / "work"),
+                           lake=f"{root}/lake", snapshots=f"{root}/snapshots", registry=f"{root}/registry",
+                           base_model=str(tiny_model), insecure_dev_key=True, eval_fraction=0.2, max_steps=12,
+                           learning_rate=5e-3, micro_batch_size=8, generation_prompts=2, max_new_tokens=8)
+    with prefect_test_harness(server_startup_timeout=120):
+        state = nightly_retrain(params, return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["events"] == 300 and summary["promoted"] and summary["version"] == "v0001"
+    assert Registry(f"{root}/registry").aliases()["production"] == "v0001"
+    published = store_tree(f"{root}/snapshots/{summary['snapshot_id']}")
+    assert {"stats.json", "manifest.json"} <= published.keys()
+    assert any(k.startswith("_sources/") for k in store_tree(f"{root}/lake"))
+    assert not (tmp_path / "work" / "lake").exists() and not (tmp_path / "work" / "snapshots").exists()

@@ -11,7 +11,7 @@ import typer
 
 
 def train_command(
-    snapshot: Path = typer.Option(..., "--snapshot", help="Snapshot folder written by `thumbs curate`."),
+    snapshot: str = typer.Option(..., "--snapshot", help="Snapshot folder or URL written by `thumbs curate`."),
     base_model: str = typer.Option(..., "--base-model", help="Local model folder, or a hub id already cached."),
     out: Path = typer.Option(..., "--out", help="Folder for the adapter, tokenizer, metrics and metadata."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML of TrainConfig fields (training/kto.yaml)."),
@@ -58,7 +58,7 @@ def train_command(
 
 
 def inspect_command(
-    snapshot: Path = typer.Option(..., "--snapshot", help="Snapshot folder written by `thumbs curate`."),
+    snapshot: str = typer.Option(..., "--snapshot", help="Snapshot folder or URL written by `thumbs curate`."),
     base_model: str = typer.Option(..., "--base-model", help="Local model folder (only its tokenizer is read)."),
     n: int = typer.Option(5, "--n", min=0, help="Examples to show."),
     json_out: bool = typer.Option(False, "--json", help="Print ids, texts, counts and dropped rows as JSON."),

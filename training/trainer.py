@@ -26,6 +26,7 @@ import torch
 from ingest.balance import ClassWeights, band_warning
 from training import checkpoint, distributed, run_folder
 from training.config import TrainConfig
+from ingest.remote import local_snapshot
 from ingest.snapshot import read_split, read_stats
 from training.data import Encoded, collate, desirable_only, encode, kl_partners
 from training.loss import estimate_kl, kto_loss
@@ -204,7 +205,7 @@ def train(snapshot: Path, base_model: str, out: Path, config: TrainConfig, *, re
     processes = distributed.start(want_cuda=pick_device(config.device).type == "cuda")
     say = (log or (lambda line: print(line, file=sys.stderr, flush=True))) if processes.main else (lambda line: None)
     try:
-        run = setup(Path(snapshot), base_model, Path(out), config, processes, resume, say)
+        run = setup(local_snapshot(snapshot), base_model, Path(out), config, processes, resume, say)
         return fit(run, say)
     finally:
         distributed.stop(processes)

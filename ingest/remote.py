@@ -1,0 +1,190 @@
+"""The lake and the snapshots on an object store (s3://, gs://, any fsspec URL), through a local mirror.
+
+    thumbs ingest logs/*.jsonl --lake s3://bucket/thumbs/lake
+    thumbs curate --lake s3://bucket/thumbs/lake --out s3://bucket/thumbs/snapshots
+    thumbs train --snapshot s3://bucket/thumbs/snapshots/3f2a9c0d1e4b5a6f ...
+
+Object stores have no rename, so nothing is renamed there. A command works on a local mirror of the
+remote folder (THUMBS_CACHE, default ~/.cache/thumbs, then mirror/<protocol>/<bucket>/<path>): it
+downloads what the mirror lacks, runs the local code unchanged (same files, same bytes, same snapshot
+id), and uploads what the store lacks, each file one PUT (whole or absent on S3 and GCS, multipart
+included), in an order that puts the commit marks last:
+
+    lake       data and quarantine files first, then _sources/<sha256>.json: a source's commit
+    snapshot   train/, eval/ and manifest.json first, then stats.json: the snapshot's mark
+
+Readers trust the marks exactly as they do locally: a lake file of an unrecorded source is skipped, a
+folder without stats.json is not a snapshot (`local_snapshot` refuses it). A run killed mid-upload left
+files no reader takes; the rerun uploads the rest under the same names. The mirror is a cache: deleting
+it costs a download, never data. An S3 endpoint other than AWS comes from AWS_ENDPOINT_URL_S3 (s3fs).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from common.faults import fault_point
+from ingest import snapshot as layout
+
+CACHE_ENV = "THUMBS_CACHE"
+
+
+def is_remote(location) -> bool:
+    """An fsspec URL of a store other than the local disk (s3://, gs://, memory://, ...)."""
+    text = str(location)
+    return "://" in text and not text.startswith(("file://", "local://"))
+
+
+def _fs(url: str):
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()  # another process may have written since this one last listed
+    return fs, root.rstrip("/")
+
+
+def mirror_dir(url: str) -> Path:
+    """The local folder that mirrors `url`."""
+    protocol, _, rest = str(url).partition("://")
+    base = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "thumbs")
+    return base / "mirror" / protocol / rest.strip("/")
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+def _listing(fs, root: str) -> dict[str, int]:
+    """{relative path: bytes} of every visible object under root."""
+    if not fs.exists(root):
+        return {}
+    found = fs.find(root, detail=True)
+    out = {}
+    for name, info in found.items():
+        rel = posixpath.relpath(name, root)
+        if info.get("type", "file") == "file" and not _hidden(rel):
+            out[rel] = info["size"]
+    return out
+
+
+def pull(url: str, local: Path | None = None) -> Path:
+    """Download every object of `url` the mirror lacks (or holds at another size); returns the mirror."""
+    fs, root = _fs(url)
+    local = Path(local or mirror_dir(url))
+    local.mkdir(parents=True, exist_ok=True)
+    for rel, size in sorted(_listing(fs, root).items()):
+        target = local / rel
+        if target.is_file() and target.stat().st_size == size:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{os.getpid()}.part"
+        try:
+            fs.get_file(f"{root}/{rel}", str(tmp))
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return local
+
+
+def push(local: Path, url: str, is_mark: Callable[[str], bool]) -> int:
+    """Upload every visible file of `local` the store lacks (or holds at another size), marks last.
+
+    Returns how many files were uploaded."""
+    fs, root = _fs(url)
+    remote = _listing(fs, root)
+    todo = []
+    for path in sorted(Path(local).rglob("*")):
+        rel = path.relative_to(local).as_posix()
+        if path.is_file() and not _hidden(rel) and remote.get(rel) != path.stat().st_size:
+            todo.append(rel)
+    todo.sort(key=is_mark)  # stable: data in name order, then the marks in name order
+    for i, rel in enumerate(todo):
+        if i == 1:
+            fault_point("remote.mid_upload")  # one file in the store, the rest and the marks not yet
+        fs.put_file(str(Path(local) / rel), f"{root}/{rel}")
+    return len(todo)
+
+
+# --- the lake -----------------------------------------------------------------------------------------------
+
+def _lake_mark(rel: str) -> bool:
+    from ingest.lake import SOURCES_DIR
+
+    return rel.startswith(f"{SOURCES_DIR}/")
+
+
+def ingest(sources, url: str, config, progress: bool):
+    """`ingest.job.ingest` into a remote lake: mirror down, ingest into the mirror, push with records last."""
+    from ingest.job import ingest as ingest_local
+
+    mirror = pull(url)
+    summary = ingest_local(sources, mirror, config, progress)
+    push(mirror, url, _lake_mark)  # also finishes a push an earlier run was killed in
+    summary.lake = url
+    return summary
+
+
+def pull_lake(url: str) -> Path:
+    """The remote lake's mirror, up to date (curate reads it: only recorded sources count, as locally)."""
+    return pull(url)
+
+
+# --- snapshots ----------------------------------------------------------------------------------------------
+
+def _snapshot_mark(rel: str) -> bool:
+    return rel == layout.STATS
+
+
+def publish_snapshot(local: Path, url: str) -> None:
+    """Upload the finished local snapshot `local` to `url` (a folder of that snapshot id), stats.json last.
+
+    An unfinished upload left there by a killed run is removed first: its files may be a different run's."""
+    fs, root = _fs(url)
+    if fs.exists(f"{root}/{layout.STATS}"):
+        return
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    push(local, url, _snapshot_mark)
+
+
+def remote_published(url: str) -> bool:
+    fs, root = _fs(url)
+    return fs.exists(f"{root}/{layout.STATS}")
+
+
+def local_snapshot(snapshot) -> Path:
+    """A snapshot folder to read: a local path as it is; a URL as its verified local mirror.
+
+    Refuses (SnapshotError) a remote folder without stats.json (an unfinished upload) and a download that
+    differs from its manifest."""
+    if not is_remote(snapshot):
+        return Path(snapshot)
+    from ingest.manifest import verify_snapshot
+
+    url = str(snapshot).rstrip("/")
+    if not remote_published(url):
+        raise layout.SnapshotError(f"{url} has no {layout.STATS}: not a finished `thumbs curate` snapshot (an "
+                                   "interrupted upload, or a wrong path); run curate again")
+    local = mirror_dir(url)
+    if layout.is_published(local):
+        return local
+    shutil.rmtree(local, ignore_errors=True)  # an unfinished folder of this id: never read, replaced whole
+    work = local.parent / f".pull-{os.getpid()}"  # downloaded under the snapshot's own name, checked, renamed
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        staged = pull(url, work / local.name)
+        problems = verify_snapshot(staged)
+        if problems:
+            raise layout.SnapshotError(f"{url} does not match its manifest: {'; '.join(problems[:5])}")
+        try:
+            os.rename(staged, local)
+        except OSError:
+            if not layout.is_published(local):  # another process finished the same download first
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return local
