@@ -78,7 +78,7 @@ def curate_command(
     eval_fraction: Optional[float] = typer.Option(None, "--eval-fraction", help="Share of prompts held out."),
     min_per_class: Optional[int] = typer.Option(None, "--min-per-class", help="Fewest train examples per class."),
     json_out: bool = typer.Option(False, "--json", help="Print stats.json (with the snapshot's path) on stdout."),
-    verify_only: Optional[Path] = typer.Option(
+    verify_only: Optional[str] = typer.Option(
         None, "--verify-only", metavar="SNAPSHOT",
         help="Only re-check a published snapshot against its manifest and stats; exit 1 if it differs."),
 ) -> None:
@@ -127,10 +127,11 @@ def curate_command(
         typer.echo(f"  warning: {warning}")
 
 
-def _verify_command(snapshot: Path) -> None:
+def _verify_command(snapshot: str) -> None:
     from ingest.manifest import verify_snapshot
+    from ingest.remote import verify_remote
 
-    problems = verify_snapshot(snapshot)
+    problems = verify_remote(snapshot) if "://" in snapshot else verify_snapshot(snapshot)
     for problem in problems:
         typer.echo(f"mismatch: {problem}", err=True)
     if problems:

@@ -156,6 +156,17 @@ def remote_published(url: str) -> bool:
     return fs.exists(f"{root}/{layout.STATS}")
 
 
+def verify_remote(url: str) -> list[str]:
+    """`verify_snapshot` of what the store holds now (downloaded afresh, not the mirror); [] when whole."""
+    import tempfile
+
+    from ingest.manifest import verify_snapshot
+
+    url = url.rstrip("/")
+    with tempfile.TemporaryDirectory(prefix=".thumbs-verify-") as scratch:
+        return verify_snapshot(pull(url, Path(scratch) / url.rsplit("/", 1)[-1]))
+
+
 def local_snapshot(snapshot) -> Path:
     """A snapshot folder to read: a local path as it is; a URL as its verified local mirror.
 

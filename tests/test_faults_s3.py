@@ -231,6 +231,15 @@ def test_ingest_curate_and_train_on_s3_write_what_a_local_run_writes(s3, local_r
     for split in ("train", "eval"):
         assert split_rows(copy, split) == split_rows(local_snap, split)
 
+    verified = thumbs("curate", "--verify-only", stats["path"], extra_env=env)
+    assert verified.returncode == 0 and "verified" in verified.stdout, verified.stderr
+    import fsspec
+
+    fsspec.filesystem("s3").pipe_file(f"{stats['path']}/eval/notes.txt".removeprefix("s3://"), b"stray")
+    damaged = thumbs("curate", "--verify-only", stats["path"], extra_env=env)
+    assert damaged.returncode == 1 and "eval/notes.txt" in damaged.stderr, damaged.stderr  # what S3 holds now
+    fsspec.filesystem("s3").rm_file(f"{stats['path']}/eval/notes.txt".removeprefix("s3://"))
+
     again = thumbs("curate", "--lake", lake, "--out", snapshots, extra_env=env)
     assert again.returncode == 0 and "unchanged, reusing" in again.stdout, again.stderr
     trained = thumbs("train", "--snapshot", stats["path"], "--base-model", tiny_model, "--out", tmp_path / "adapter",
