@@ -159,8 +159,10 @@ def partition_files(lake: str | Path, since: date | None, until: date | None) ->
 def snapshot_id(files: list[Path], lake: Path, config: CurateConfig, since, until) -> str:
     """A content hash of the input files, the window and the config."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({"version": SNAPSHOT_VERSION, "config": config.to_dict(),
-                              "since": str(since), "until": str(until)}, sort_keys=True).encode())
+    identity = {"version": SNAPSHOT_VERSION, "config": config.to_dict(), "since": str(since), "until": str(until)}
+    if config.max_user_share < 1.0:  # the user cap counts shares per class since 2026-12-06: not the older snapshots
+        identity["user_cap"] = "share of the class"
+    digest.update(json.dumps(identity, sort_keys=True).encode())
     for path in files:
         digest.update(str(path.relative_to(lake)).encode() + b"\0")
         with open(path, "rb") as f:

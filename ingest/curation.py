@@ -42,8 +42,8 @@ class CurateConfig:
     n_buckets: int = 64
     """Hash buckets the rows are grouped in; bounds what one worker holds at once."""
     max_user_share: float = 1.0
-    """Poisoning defence (ingest/vote_caps.py): a user's votes beyond this share of the window's events are
-    thinned to about that share; 1.0 keeps everything."""
+    """Poisoning defence (ingest/vote_caps.py): a user's thumbs-up (or thumbs-down) beyond this share of the
+    window's thumbs-up (or thumbs-down) are thinned to about that share; 1.0 keeps everything."""
     max_example_votes: int = 0
     """At most this many votes (the latest) count per example; 0 keeps everything."""
     user_keep: dict = field(default_factory=dict, repr=False)

@@ -3,15 +3,23 @@
 Without caps, one account that votes a lot steers the train split: every vote it casts on its own
 (unique) answers becomes an example with the label it chose. Two caps, both off by default:
 
-    max_user_share     a user's votes beyond this share of all events in the window are thinned: each of
-                       their votes is kept with probability limit / n_user, decided by a hash of (user,
-                       example), so the choice is deterministic, the same in every hash bucket, and keeps
-                       about `limit` of their votes wherever they fall. 1.0 keeps everything.
+    max_user_share     a user's votes of one class (thumbs-up or thumbs-down) beyond this share of the
+                       window's votes of that class are thinned: each is kept with probability limit / n,
+                       decided by a hash of (user, example), so the choice is deterministic, the same in
+                       every hash bucket, and keeps about `limit` (at least 1) of their votes of that class
+                       wherever they fall. 1.0 keeps everything.
     max_example_votes  at most this many votes count per example (the latest ones): a brigade piling onto
                        one answer moves its label, but its vote counts stop at the cap. 0 keeps everything.
 
-The user cap needs each user's total over the whole window, which no hash bucket sees: `with_user_caps`
-counts them from the lake files (one column) before the Beam job and hands the per-user keep fractions
+Why a share of the class, not of all votes: KTO's λ are set from the class counts so that each class
+weighs about the same in the loss, so a vote pulls in proportion to its share of its own class. Where
+1 vote in 5 is a thumbs-up, an account casting 1% of all votes, all of them up, holds 5% of the
+desirable class's weight; the lab measured a cap on the share of all votes leaving 1% of adversarial
+users worse than no cap shown (LAB.md). Capped per class, that account holds at most `max_user_share`
+of either class.
+
+The user cap needs each user's totals over the whole window, which no hash bucket sees: `with_user_caps`
+counts them from the lake files (two columns) before the Beam job and hands the per-user keep fractions
 to every bucket inside the config. The fractions are derived from the files and the share, both already
 in the snapshot id, so they are left out of it. Anonymous votes (no user id) count as one user each.
 """
@@ -35,27 +43,34 @@ _CAP_SALT = "\x1cthumbs-user-cap-v1"
 CAP_COUNTS = ("dropped_user_cap", "dropped_example_cap")
 
 
-def user_keep_fractions(user_ids: pa.Array, max_user_share: float) -> dict[str, float]:
-    """{user: share of their votes to keep} for users over the cap; users within it are not listed."""
-    if max_user_share >= 1.0:
+def user_keep_fractions(user_ids: pa.Array, desirable: pa.Array, max_user_share: float) -> dict[str, tuple]:
+    """{user: (share of their thumbs-down to keep, share of their thumbs-up to keep)} for users over the cap
+    in either class; users within it in both are not listed."""
+    if max_user_share >= 1.0 or not len(user_ids):
         return {}
-    users = pc.drop_null(user_ids)
-    total = len(user_ids)
-    if not total or not len(users):
-        return {}
-    counts = pc.value_counts(users)
-    limit = max(1.0, max_user_share * total)
-    return {str(u): limit / float(n) for u, n in zip(counts.field("values").to_pylist(),
-                                                     counts.field("counts").to_pylist()) if n > limit}
+    table = pa.table({"user": user_ids, "up": desirable})
+    out: dict[str, list] = {}
+    for index, label in ((0, False), (1, True)):
+        votes = table.filter(pc.equal(table.column("up"), label))
+        limit = max(1.0, max_user_share * votes.num_rows)
+        users = pc.drop_null(votes.column("user"))
+        if not len(users):
+            continue
+        counts = pc.value_counts(users)
+        for user, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
+            if n > limit:
+                out.setdefault(str(user), [1.0, 1.0])[index] = limit / float(n)
+    return {user: tuple(keep) for user, keep in out.items()}
 
 
 def with_user_caps(config, files: list[Path]):
     """`config` with the keep fractions of the users over `config.max_user_share` in `files` filled in."""
     if config.max_user_share >= 1.0 or not files:
         return config
-    users = pa.concat_arrays([pq.read_table(f, columns=["user_id"]).column("user_id").combine_chunks()
-                              for f in files])
-    return dataclasses.replace(config, user_keep=user_keep_fractions(users, config.max_user_share))
+    tables = [pq.read_table(f, columns=["user_id", "desirable"]) for f in files]
+    users = pa.concat_arrays([t.column("user_id").combine_chunks() for t in tables])
+    labels = pa.concat_arrays([t.column("desirable").combine_chunks() for t in tables])
+    return dataclasses.replace(config, user_keep=user_keep_fractions(users, labels, config.max_user_share))
 
 
 def apply_caps(rows: pa.Table, config, counts: dict) -> pa.Table:
@@ -63,7 +78,8 @@ def apply_caps(rows: pa.Table, config, counts: dict) -> pa.Table:
     n = rows.num_rows
     keep = np.ones(n, dtype=bool)
     if config.user_keep and n:
-        fraction = np.array([config.user_keep.get(u, 1.0) for u in rows.column("_user").to_pylist()])
+        fraction = np.array([config.user_keep.get(u, (1.0, 1.0))[up] for u, up in
+                             zip(rows.column("_user").to_pylist(), rows.column("desirable").to_pylist())])
         draw = unit_interval(pc.binary_join_element_wise(rows.column("_user"), rows.column("_example"),
                                                          _CAP_SALT))
         keep &= np.asarray(draw) < fraction

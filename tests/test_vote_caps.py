@@ -19,9 +19,10 @@ def _poisoned() -> pa.Table:
 
 def test_user_share_cap_thins_the_heavy_account_to_its_share():
     table = _poisoned()
-    fractions = user_keep_fractions(table.column("user_id").combine_chunks(), 0.05)
-    assert set(fractions) == {"mallory"}  # 50 events, cap 2.5: honest users (1 each) are untouched
-    assert fractions["mallory"] == pytest.approx(2.5 / 40)
+    fractions = user_keep_fractions(table.column("user_id").combine_chunks(),
+                                    table.column("desirable").combine_chunks(), 0.05)
+    assert set(fractions) == {"mallory"}  # 45 thumbs-up, cap 2.25 of them: honest users (1 each) are untouched
+    assert fractions["mallory"] == pytest.approx((1.0, 2.25 / 40))  # (thumbs-down kept, thumbs-up kept)
     capped = CurateConfig(eval_fraction=0.0, max_user_share=0.05, user_keep=fractions)
     train, _, counts = resolve(add_keys(table, 1), capped)
     kept_spam = sum(c.startswith("rude") for c in train.column("completion").to_pylist())
@@ -31,6 +32,21 @@ def test_user_share_cap_thins_the_heavy_account_to_its_share():
     spread = [resolve(part, capped)[0] for part in _buckets(add_keys(table, 8))]
     assert sorted(c for t in spread for c in t.column("completion").to_pylist()) == \
         sorted(train.column("completion").to_pylist())
+
+
+def test_the_share_is_of_the_users_class_so_the_rare_class_is_not_cheap_to_steer():
+    """4 upvotes among 204 votes (2% of all, under a 5% cap) are 17% of the 24 thumbs-up: KTO's λ weighs the
+    classes alike, so those 4 pull like 17% of the desirable side. They are thinned to the class's 5%."""
+    honest = [(f"h{i}", f"user{i}", f"Q{i}", f"answer {i}", i < 20, i) for i in range(200)]
+    spam = [(f"s{i}", "mallory", f"R{i}", f"rude answer {i}", True, 300 + i) for i in range(4)]
+    table = rows(*honest, *spam)
+    fractions = user_keep_fractions(table.column("user_id").combine_chunks(),
+                                    table.column("desirable").combine_chunks(), 0.05)
+    assert fractions == {"mallory": pytest.approx((1.0, max(1.0, 0.05 * 24) / 4))}
+    both = rows(*honest, *spam, *[(f"d{i}", "mallory", f"S{i}", f"fine answer {i}", False, 400 + i) for i in range(4)])
+    fractions = user_keep_fractions(both.column("user_id").combine_chunks(), both.column("desirable").combine_chunks(),
+                                    0.05)
+    assert fractions["mallory"][0] == 1.0  # 4 of 184 thumbs-down: within the cap of that class
 
 
 def _buckets(table: pa.Table):
