@@ -28,6 +28,7 @@ def test_lab_command_runs_the_real_stages_and_writes_the_report(tmp_path):
     result = json.loads((tmp_path / "runs" / "poison-1%+caps" / "seed-0.json").read_text())
     night = result["nights"][0]
     assert night["adversarial"] > 0 and night["dropped_user_cap"] > 0  # the adversaries voted; the cap thinned them
+    assert 0 <= night["adversarial_kept"] < night["adversarial"] and 0 <= night["adversarial_up_share"] < 1
     assert night["steps"] > 0 and 0.0 <= result["truth"] <= 1.0
     assert night["z0_max"] >= night["z0_min"] >= 0 and -1 <= night["z0_length_r"] <= 1
     # KTO after SFT: the SFT adapter merged into a base of its own, from which KTO trained (its reference)
@@ -37,5 +38,6 @@ def test_lab_command_runs_the_real_stages_and_writes_the_report(tmp_path):
     assert sft["config"]["objective"] == "sft" and kto["config"]["objective"] == "kto"
     assert Path(kto["base_model"]) == work / "merged" / "night-0" and kto["base_model_sha256"] != sft["base_model_sha256"]
     report = (tmp_path / "report.md").read_text()
+    assert "share of train thumbs-up" in report and f"| poison-1%+caps | {night['adversarial']:.1f} |" in report
     assert "| poison-1%+caps | 1 |" in report and "| SFT then KTO | 1 |" in report and (tmp_path / "lab.png").stat().st_size > 1000
     assert "| default | 0 | not run |" in report  # what was not run is said, not left out

@@ -30,8 +30,7 @@ class Variant:
 
 
 N_USERS = 300  # honest users per day: 1% of them is 3 accounts
-DEFENCE = {"max_user_share": 0.01}  # a user keeps at most ~1% of the window's votes (an honest one casts ~0.3%)
-TIGHT = {"max_user_share": 0.005}  # ~1.5x an honest user's share: thins honest voters too (the lab counts how many)
+DEFENCE = {"max_user_share": 0.01}  # a user keeps at most ~1% of each class's votes (at least 1; an honest one casts ~0.3%)
 UNIT = {"desirable_weight": 1.0, "undesirable_weight": 1.0}
 
 VARIANTS = {v.name: v for v in [
@@ -42,8 +41,6 @@ VARIANTS = {v.name: v for v in [
     Variant("poison-1user", adversaries=1),
     Variant("poison-1user+caps", adversaries=1, curate=DEFENCE),
     Variant("default+caps", curate=DEFENCE),
-    Variant("poison-1%+tight caps", adversaries=3, curate=TIGHT),
-    Variant("default+tight caps", curate=TIGHT),
     # (1) imbalance
     Variant("1:1 λ-counts", ratio=1.0), Variant("1:1 λ=1", ratio=1.0, train=UNIT),
     Variant("1:4 λ-counts", ratio=4.0), Variant("1:4 λ=1", ratio=4.0, train=UNIT),
@@ -60,8 +57,7 @@ VARIANTS = {v.name: v for v in [
 ]}
 
 ARMS = {  # in the order of value the session set
-    "poisoning": ["default", "default+caps", "poison-1%", "poison-1%+caps", "poison-1user", "poison-1user+caps",
-                  "default+tight caps", "poison-1%+tight caps"],
+    "poisoning": ["default", "default+caps", "poison-1%", "poison-1%+caps", "poison-1user", "poison-1user+caps"],
     "imbalance": ["default", "1:1 λ-counts", "1:1 λ=1", "1:4 λ-counts", "1:4 λ=1", "1:10 λ-counts", "1:10 λ=1"],
     "z0": ["default", "z0=0"],
     "microbatch": ["default", "random micro-batches", "grouped+sampled z0"],
@@ -72,8 +68,7 @@ ARMS = {  # in the order of value the issue's session set
 # Head-to-head comparisons inside an arm, paired by seed (first minus second), beside each arm's Δ vs default.
 PAIRS = {
     "poisoning": [("poison-1%+caps", "poison-1%"), ("poison-1user+caps", "poison-1user"),
-                  ("poison-1%+tight caps", "poison-1%"), ("poison-1%+caps", "default+caps"),
-                  ("poison-1%+tight caps", "default+tight caps")],
+                  ("poison-1%+caps", "default+caps")],
     "imbalance": [("1:4 λ-counts", "1:4 λ=1"), ("1:10 λ-counts", "1:10 λ=1"), ("1:10 λ-counts", "1:1 λ-counts")],
     "microbatch": [("grouped+sampled z0", "random micro-batches")],
     "baselines": [("SFT then KTO", "SFT only")],

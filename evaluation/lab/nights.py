@@ -83,6 +83,22 @@ def serve_day(model, tokenizer, day: int, seed: int, variant: Variant, n_events:
             "adversarial": sum(e["user_id"].startswith("adversary") for e in events)}
 
 
+def adversaries_in(snapshot: Path, variant: Variant) -> dict:
+    """The adversaries' examples in the train split (each votes on its own conversations, so one vote each)
+    and their share of its thumbs-up; found by the pseudonyms ingest gave their ids."""
+    from ingest.privacy import Pseudonymizer, resolve_key
+    from ingest.snapshot import read_split
+
+    if not variant.adversaries:
+        return {"adversarial_kept": 0, "adversarial_up_share": 0.0}
+    pseudonym = Pseudonymizer(resolve_key(None, insecure_dev_key=True))  # the key ingest used
+    ids = {pseudonym(f"adversary-{i}") for i in range(variant.adversaries)}
+    rows = read_split(snapshot, columns=("user_id", "desirable"))
+    theirs = [r for r in rows if r["user_id"] in ids]
+    n_up = sum(r["desirable"] for r in rows)
+    return {"adversarial_kept": len(theirs), "adversarial_up_share": sum(r["desirable"] for r in theirs) / max(1, n_up)}
+
+
 def z0_vs_length(run: Path) -> dict:
     """How z0 tracks the micro-batch's length over a night's steps: Pearson r of the step's z0 with its
     tokens per example, and z0's range (metrics.jsonl; z0 = 0 throughout gives r = None)."""
@@ -151,7 +167,8 @@ def run_variant(variant: Variant, seed: int, base: Path, work: Path, nights: int
         model, tokenizer = world.load_policy(policy_base, adapter)
         after = measure(model, tokenizer, seed, n_truth)
         counts = stats["counts"]
-        rows.append(dict(night=night, **clicks, **after, **z0_vs_length(out), train_seconds=trained["train_seconds"],
+        rows.append(dict(night=night, **clicks, **after, **z0_vs_length(out), **adversaries_in(snapshot, variant),
+                         train_seconds=trained["train_seconds"],
                          steps=trained["steps"], lambda_d=stats["desirable_weight"],
                          lambda_u=stats["undesirable_weight"], dropped_user_cap=counts.get("dropped_user_cap", 0)))
         say(f"  {variant.name} seed {seed} night {night}: {clicks['events']} events ({clicks['up']} up, "

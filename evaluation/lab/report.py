@@ -4,6 +4,7 @@ difference from `default` on the same seeds, and answer length drift; lab/report
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 from evaluation.lab.arms import ARMS, PAIRS
@@ -49,7 +50,8 @@ def arm_table(arm: str, results: dict) -> list[str]:
                        else ("better" if d[0] > 0 else "worse") + " beyond its interval")
         lines.append(f"| {name} | {len(seeds)} | {_fmt(*truth)} | {delta} | {_fmt(*words, scale=1)} | "
                      f"{_fmt(*drift, scale=1)} | {verdict} |")
-    return lines + [""] + pairs_table(arm, results) + (z0_table(arm, results) if arm == "microbatch" else [])
+    extra = {"microbatch": z0_table, "poisoning": poison_table}.get(arm)
+    return lines + [""] + pairs_table(arm, results) + (extra(arm, results) if extra else [])
 
 
 def pairs_table(arm: str, results: dict) -> list[str]:
@@ -85,6 +87,38 @@ def z0_table(arm: str, results: dict) -> list[str]:
                 continue
             lines.append(f"| {name} | {night} | {sum(rs) / len(rs):+.2f} | {min(rs):+.2f} to {max(rs):+.2f} | "
                          f"{min(row['z0_min'] for row in rows):.2f}–{max(row['z0_max'] for row in rows):.2f} |")
+    return lines + [""]
+
+
+def poison_table(arm: str, results: dict) -> list[str]:
+    """What the adversaries' votes became, and whether the defence keeps their effect under the seeds' noise."""
+    lines = ["What reached training on the last night (mean over seeds): the adversaries' votes in the window, the "
+             "examples of theirs in the train split, their share of its thumbs-up, and all votes the cap dropped "
+             "(honest ones included).", "",
+             "| variant | adversarial votes | kept in train | share of train thumbs-up | cap dropped |",
+             "|---|---:|---:|---:|---:|"]
+    for name in ARMS[arm]:
+        runs = [r for r in results.get(name, {}).values() if "adversarial_kept" in r["nights"][-1]]
+        if not runs:
+            continue
+        def mean(get):
+            return sum(map(get, runs)) / len(runs)
+        lines.append(f"| {name} | {mean(lambda r: sum(n['adversarial'] for n in r['nights'])):.1f} | "
+                     f"{mean(lambda r: r['nights'][-1]['adversarial_kept']):.1f} | "
+                     f"{mean(lambda r: r['nights'][-1]['adversarial_up_share']):.1%} | "
+                     f"{mean(lambda r: r['nights'][-1]['dropped_user_cap']):.1f} |")
+    base = results.get("default", {})
+    if len(base) >= 2:
+        noise = statistics.stdev(r["truth"] for r in base.values())
+        lines += ["", f"Noise between seeds (default's standard deviation of ground truth over {len(base)} seeds): "
+                  f"{100 * noise:.1f} pts."]
+        for name in ARMS[arm]:
+            runs = results.get(name, {})
+            seeds = sorted(set(runs) & set(base))
+            if name.startswith("poison") and len(seeds) >= 2:
+                moved = sum(runs[s]["truth"] - base[s]["truth"] for s in seeds) / len(seeds)
+                lines.append(f"- {name}: moves ground truth by {100 * moved:+.1f} pts (paired mean, {len(seeds)} seeds): "
+                             f"{'less' if abs(moved) < noise else 'more'} than the noise between seeds.")
     return lines + [""]
 
 
