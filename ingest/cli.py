@@ -129,9 +129,9 @@ def curate_command(
 
 def _verify_command(snapshot: str) -> None:
     from ingest.manifest import verify_snapshot
-    from ingest.remote import verify_remote
+    from ingest.remote import is_remote, verify_remote
 
-    problems = verify_remote(snapshot) if "://" in snapshot else verify_snapshot(snapshot)
+    problems = verify_remote(snapshot) if is_remote(snapshot) else verify_snapshot(snapshot)
     for problem in problems:
         typer.echo(f"mismatch: {problem}", err=True)
     if problems:
