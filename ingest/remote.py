@@ -90,10 +90,9 @@ def pull(url: str, local: Path | None = None) -> Path:
     return local
 
 
-def push(local: Path, url: str, is_mark: Callable[[str], bool]) -> int:
-    """Upload every visible file of `local` the store lacks (or holds at another size), marks last.
-
-    Returns how many files were uploaded."""
+def push(local: Path, url: str, is_mark: Callable[[str], bool], marks: bool = True) -> int:
+    """Upload every visible file of `local` the store lacks (or holds at another size), marks last
+    (`marks=False`: all but the marks, which the caller writes). Returns how many files were uploaded."""
     fs, root = _fs(url)
     remote = _listing(fs, root)
     todo = []
@@ -102,6 +101,8 @@ def push(local: Path, url: str, is_mark: Callable[[str], bool]) -> int:
         if path.is_file() and not _hidden(rel) and remote.get(rel) != path.stat().st_size:
             todo.append(rel)
     todo.sort(key=is_mark)  # stable: data in name order, then the marks in name order
+    if not marks:
+        todo = [rel for rel in todo if not is_mark(rel)]
     for i, rel in enumerate(todo):
         if i == 1:
             fault_point("remote.mid_upload")  # one file in the store, the rest and the marks not yet
@@ -142,13 +143,30 @@ def _snapshot_mark(rel: str) -> bool:
 def publish_snapshot(local: Path, url: str) -> None:
     """Upload the finished local snapshot `local` to `url` (a folder of that snapshot id), stats.json last.
 
-    An unfinished upload left there by a killed run is removed first: its files may be a different run's."""
+    Safe beside another run publishing the same id (two models' nightlies on one lake): nothing is deleted
+    that this run wrote or will write; objects of this id that this run does not have (left by a run whose
+    runner sharded differently) are removed; the upload is checked (every file there, at its size) before
+    the mark, and the mark is a create-if-absent write (S3 If-None-Match), so of two runs one publishes
+    and the other finds it published. Readers still check every byte against the manifest."""
     fs, root = _fs(url)
-    if fs.exists(f"{root}/{layout.STATS}"):
+    mark = f"{root}/{layout.STATS}"
+    if fs.exists(mark):
         return
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
-    push(local, url, _snapshot_mark)
+    push(local, url, _snapshot_mark, marks=False)
+    ours = {p.relative_to(local).as_posix(): p.stat().st_size for p in Path(local).rglob("*")
+            if p.is_file() and not _hidden(p.relative_to(local).as_posix())}
+    there = _listing(_fs(url)[0], root)
+    for rel in sorted(there.keys() - ours.keys()):
+        fs.rm_file(f"{root}/{rel}")
+    missing = [rel for rel, size in ours.items() if rel != layout.STATS and there.get(rel) != size]
+    if missing:
+        raise layout.SnapshotError(f"the upload of {url} is incomplete ({', '.join(missing[:3])}): nothing was "
+                                   "published; run curate again")
+    fault_point("remote.before_mark")  # every file in the store, stats.json not yet
+    try:
+        fs.pipe_file(mark, (Path(local) / layout.STATS).read_bytes(), mode="create")
+    except FileExistsError:
+        pass  # another run of the same snapshot id published first: the same inputs, the same snapshot
 
 
 def remote_published(url: str) -> bool:

@@ -291,6 +291,10 @@ def test_curate_killed_mid_upload_to_s3_publishes_nothing_and_the_rerun_publishe
     finally:
         os.environ.pop("THUMBS_CACHE")
 
+    import fsspec
+
+    # a shard a differently-sharding runner left under the same id: not this snapshot's, removed before the mark
+    fsspec.filesystem("s3").pipe_file(f"{url}/train/part-00001-of-00002.parquet".removeprefix("s3://"), b"other run")
     rerun = thumbs(*args, extra_env=env)
     assert rerun.returncode == 0, rerun.stderr
     stats = json.loads(rerun.stdout)
@@ -323,3 +327,18 @@ def test_the_nightly_flow_runs_with_its_lake_snapshots_and_registry_on_s3(s3, st
     assert {"stats.json", "manifest.json"} <= published.keys()
     assert any(k.startswith("_sources/") for k in store_tree(f"{root}/lake"))
     assert not (tmp_path / "work" / "lake").exists() and not (tmp_path / "work" / "snapshots").exists()
+
+
+def test_runs_publishing_the_same_snapshot_at_once_leave_one_whole_snapshot(s3, local_run):
+    """Two models' nightlies on one lake curate the same snapshot id at the same moment: each upload checks
+    itself before the mark, the mark is create-if-absent, and nothing is deleted that another run wrote."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ingest.remote import publish_snapshot, verify_remote
+
+    _, _, local_snap = local_run
+    url = f"{s3[0]}/concurrent/snapshots/{local_snap.name}"
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: publish_snapshot(local_snap, url), range(4)))  # each returns, none raises
+    assert store_tree(url) == tree(local_snap)
+    assert verify_remote(url) == []
