@@ -25,9 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluation.lab.arms import ARMS, variants_for  # noqa: E402
 
 LAB_MD = Path(__file__).resolve().parents[1] / "LAB.md"
+SETTINGS = ("nights", "events", "truth_prompts", "base_steps")  # a kept run is reused only under the same ones
 
 
 def parse(argv):
+    from evaluation.world.base import WorldConfig
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {','.join(ARMS)}")
     p.add_argument("--variants", default="", help="only these variants of the arms (comma-separated names)")
@@ -35,6 +38,9 @@ def parse(argv):
     p.add_argument("--nights", type=int, default=2)
     p.add_argument("--events", type=int, default=150, help="honest events per day")
     p.add_argument("--truth-prompts", type=int, default=300)
+    p.add_argument("--base-steps", type=int, default=None,
+                   help=f"warm-start steps of the world's base (default {WorldConfig.sft_steps}); fewer build a "
+                        "rougher base quickly, for smoke runs: runs on the full base never reuse theirs")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (torch threads split between them)")
     p.add_argument("--out", default="lab")
     p.add_argument("--fresh", action="store_true", help="redo runs whose results are kept")
@@ -56,7 +62,7 @@ def _one(job: dict) -> dict:
     night0 = measure(*world.load_policy(base), job["seed"], job["truth_prompts"])
     result = run_variant(VARIANTS[job["variant"]], job["seed"], base, Path(job["work"]), job["nights"],
                          job["events"], job["truth_prompts"], night0, say=lambda line: print(line, flush=True))
-    result["settings"] = {k: job[k] for k in ("nights", "events", "truth_prompts")}
+    result["settings"] = {k: job[k] for k in SETTINGS if k in job}
     path = Path(job["result"])
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(result, indent=1))
@@ -76,7 +82,10 @@ def main(argv=None) -> int:
         variants = [v for v in variants if v.name in wanted]
     out = Path(args.out)
     started = time.monotonic()
-    base = world.build_base(out / "base")
+    if args.base_steps == world.WorldConfig.sft_steps:
+        args.base_steps = None  # the full base by another name: its runs are the full lab's
+    config = world.WorldConfig() if args.base_steps is None else world.WorldConfig(sft_steps=args.base_steps)
+    base = world.build_base(out / "base", config)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     jobs, results = [], {}
     for v in variants:
@@ -85,6 +94,8 @@ def main(argv=None) -> int:
             folder.mkdir(parents=True, exist_ok=True)
             result = folder / f"seed-{seed}.json"
             settings = {"nights": args.nights, "events": args.events, "truth_prompts": args.truth_prompts}
+            if args.base_steps is not None:
+                settings["base_steps"] = args.base_steps
             if result.exists() and not args.fresh:
                 kept = json.loads(result.read_text())
                 if kept.get("settings") == settings:
@@ -98,9 +109,6 @@ def main(argv=None) -> int:
           f"{args.seeds} seed(s), {args.nights} night(s) of {args.events} events; {args.jobs} at a time", flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for done, result in enumerate(pool.map(_one, jobs), 1):
-            settings = {k: jobs[done - 1][k] for k in ("nights", "events", "truth_prompts")}
-            result["settings"] = settings
-            Path(jobs[done - 1]["result"]).write_text(json.dumps(result, indent=1))
             results.setdefault(result["variant"], {})[result["seed"]] = result
             print(f"lab: {done}/{len(jobs)} done ({result['variant']} seed {result['seed']}: truth "
                   f"{result['truth']:.1%}), {time.monotonic() - started:,.0f}s", flush=True)
@@ -108,7 +116,9 @@ def main(argv=None) -> int:
     command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = [f"`{command}` on {machine}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {args.seeds} seed(s), "
               f"{args.nights} night(s) of {args.events} honest events, ground truth on {args.truth_prompts} held-out "
-              f"questions after the last night; {time.monotonic() - started:,.0f}s wall for the runs done now."]
+              f"questions after the last night"
+              + (f", on a rough base ({args.base_steps} warm-start steps)" if args.base_steps else "")
+              + f"; {time.monotonic() - started:,.0f}s wall for the runs done now."]
     path = write_report(out, arms, results, header)
     print(path.read_text())
     if args.record:

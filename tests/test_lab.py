@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_lab_command_runs_the_real_stages_and_writes_the_report(tmp_path):
-    cached = ROOT / "lab" / "base"
-    if cached.is_dir():  # the world's base takes ~1 min to build; reuse a built one when there is one
-        shutil.copytree(cached, tmp_path / "base")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "benchmarks/quality.py", "--arms", "poisoning,baselines",
                            "--variants", "poison-1%+caps,SFT then KTO", "--seeds", "1", "--nights", "1", "--events", "60",
-                           "--truth-prompts", "10", "--out", str(tmp_path)],
+                           "--truth-prompts", "10", "--base-steps", "150",  # a rough base: the full one takes ~1 min
+                           "--out", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "runs" / "poison-1%+caps" / "seed-0.json").read_text())
@@ -40,4 +37,5 @@ def test_lab_command_runs_the_real_stages_and_writes_the_report(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "share of train thumbs-up" in report and f"| poison-1%+caps | {night['adversarial']:.1f} |" in report
     assert "| poison-1%+caps | 1 |" in report and "| SFT then KTO | 1 |" in report and (tmp_path / "lab.png").stat().st_size > 1000
+    assert "on a rough base (150 warm-start steps)" in report  # a smoke run says it is one
     assert "| default | 0 | not run |" in report  # what was not run is said, not left out
