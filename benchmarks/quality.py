@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluation.lab.arms import ARMS, variants_for  # noqa: E402
 
 LAB_MD = Path(__file__).resolve().parents[1] / "LAB.md"
-SETTINGS = ("nights", "events", "truth_prompts", "base_steps")  # a kept run is reused only under the same ones
 
 
 def parse(argv):
@@ -53,20 +52,21 @@ def _one(job: dict) -> dict:
     """One (variant, seed) in a worker process; its result is also written to its JSON file."""
     import torch
 
+    from common.atomic import write_text_atomic
+
     torch.set_num_threads(job["threads"])
     from evaluation import world
     from evaluation.lab.arms import VARIANTS
     from evaluation.lab.nights import measure, run_variant
 
     base = Path(job["base"])
-    night0 = measure(*world.load_policy(base), job["seed"], job["truth_prompts"])
-    result = run_variant(VARIANTS[job["variant"]], job["seed"], base, Path(job["work"]), job["nights"],
-                         job["events"], job["truth_prompts"], night0, say=lambda line: print(line, flush=True))
-    result["settings"] = {k: job[k] for k in SETTINGS if k in job}
-    path = Path(job["result"])
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    settings = job["settings"]
+    night0 = measure(*world.load_policy(base), job["seed"], settings["truth_prompts"])
+    result = run_variant(VARIANTS[job["variant"]], job["seed"], base, Path(job["work"]), settings["nights"],
+                         settings["events"], settings["truth_prompts"], night0,
+                         say=lambda line: print(line, flush=True))
+    result["settings"] = settings
+    write_text_atomic(Path(job["result"]), json.dumps(result, indent=1))
     return result
 
 
@@ -87,22 +87,22 @@ def main(argv=None) -> int:
     config = world.WorldConfig() if args.base_steps is None else world.WorldConfig(sft_steps=args.base_steps)
     base = world.build_base(out / "base", config)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    settings = {"nights": args.nights, "events": args.events, "truth_prompts": args.truth_prompts}
+    if args.base_steps is not None:
+        settings["base_steps"] = args.base_steps  # a kept run is reused only under the same settings
     jobs, results = [], {}
     for v in variants:
         for seed in range(args.seeds):
             folder = out / "runs" / v.name.replace(" ", "_").replace("/", "-").replace(":", "-")
             folder.mkdir(parents=True, exist_ok=True)
             result = folder / f"seed-{seed}.json"
-            settings = {"nights": args.nights, "events": args.events, "truth_prompts": args.truth_prompts}
-            if args.base_steps is not None:
-                settings["base_steps"] = args.base_steps
             if result.exists() and not args.fresh:
                 kept = json.loads(result.read_text())
                 if kept.get("settings") == settings:
                     results.setdefault(v.name, {})[seed] = kept
                     continue
             jobs.append(dict(variant=v.name, seed=seed, base=str(base), work=str(folder / f"work-{seed}"),
-                             result=str(result), threads=threads, **settings))
+                             result=str(result), threads=threads, settings=settings))
     if args.report_only:
         jobs = []
     print(f"lab: {len(jobs)} run(s) to do ({sum(map(len, results.values()))} kept) over {len(variants)} variant(s) x "
