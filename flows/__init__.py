@@ -11,3 +11,11 @@ Modules, in reading order:
     demo.py         `make demo`: simulated nights of the real loop (the world is in evaluation/world/)
     cli.py          the `thumbs` command: every stage's sub-command
 """
+
+import os
+
+# Before anything here imports Prefect (a package's __init__ runs before its modules): every entry point, `thumbs`,
+# `make demo` and the tests alike, runs Prefect's embedded server when no PREFECT_API_URL is set (a profile may have
+# turned it off), and a first start creates its database: 8-30 s on a busy 2-core box, over Prefect's default 20 s.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

@@ -6,8 +6,6 @@ assembles them, so `thumbs --help` lists the whole pipeline.
 
 from __future__ import annotations
 
-import os
-
 import typer
 
 from deploy.cli import evaluate_command, export_command, promote_command, registry_app, rollback_command
@@ -15,11 +13,6 @@ from flows.deployments import deploy_command, ui_command
 from flows.run import run_command, unlock_command
 from ingest.cli import curate_command, ingest_command
 from training.cli import inspect_command, train_command
-
-# `thumbs run` works with no server: Prefect's embedded one, explicitly (a profile may have turned it off),
-# with room for a first start that creates its database on a slow disk.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="thumbs: nightly KTO retraining of LoRA adapters from thumbs-up/down feedback.")

@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.pop("THUMBS_PSEUDONYM_KEY", None)  # tests choose their key explicitly
+import flows  # noqa: E402,F401  (sets Prefect's embedded-server start timeout before any test imports prefect)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("THUMBS_SHARED", ROOT.parent / "shared"))

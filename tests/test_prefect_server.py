@@ -113,3 +113,19 @@ def check_prefect_yaml_deploys(api: str, env: dict, tmp_path: Path) -> None:
     assert nightly.schedules[0].schedule.cron == "0 2 * * *" and nightly.global_concurrency_limit.limit == 1
     assert nightly.parameters["params"] == {"sources": ["/logs/*.jsonl"], "base_model": "/models/base",
                                             "workdir": f"{tmp_path / 'home'}/.thumbs"}
+
+
+@pytest.mark.parametrize("entry", ["flows.cli", "flows.demo", "flows.run", "flows.nightly"])
+def test_every_entry_gives_prefects_embedded_server_time_to_start_on_a_busy_machine(entry):
+    """Prefect's default 20 s start timeout failed `make demo` on a loaded 2-core box: whichever module a command
+    starts from, the embedded server gets at least a minute, unless the user chose otherwise."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_EPHEMERAL")}
+    probe = (f"import {entry}; from prefect.settings import get_current_settings as s; "
+             "e = s().server.ephemeral; print(e.enabled, e.startup_timeout_seconds)")
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    enabled, timeout = done.stdout.split()
+    assert enabled == "True" and int(timeout) >= 60
+    chosen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env={**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "33"})
+    assert chosen.stdout.split()[1] == "33"  # the user's own setting wins
