@@ -101,23 +101,29 @@ def adversaries_in(snapshot: Path, variant: Variant) -> dict:
 
 def z0_vs_length(run: Path) -> dict:
     """How z0 tracks the micro-batch's length over a night's steps: Pearson r of the step's z0 with its
-    tokens per example, and z0's range (metrics.jsonl; z0 = 0 throughout gives r = None)."""
+    tokens per example, and z0's range (metrics.jsonl). Where r is undefined (fewer than 3 steps, or z0 or the
+    length constant: z0 clamped at 0 all night, say) it is None and `z0_length_r_undefined` says why."""
     from training.run_folder import read_metrics
 
     steps = read_metrics(run)
     z0 = [s["kl"] for s in steps]
     length = [s["tokens"] / s["examples"] for s in steps]
-    return {"z0_min": min(z0), "z0_max": max(z0), "z0_length_r": pearson(z0, length)}
+    r, why = pearson(z0, length)
+    out = {"z0_min": min(z0), "z0_max": max(z0), "z0_length_r": r}
+    return out if why is None else {**out, "z0_length_r_undefined": why}
 
 
-def pearson(a: list[float], b: list[float]) -> float | None:
+def pearson(a: list[float], b: list[float]) -> tuple[float | None, str | None]:
+    """Pearson's r of `a` and `b`, or (None, why) where it is undefined."""
     n = len(a)
+    if n < 3:
+        return None, f"{n} step(s)"
     ma, mb = sum(a) / n, sum(b) / n
     sa = sum((x - ma) ** 2 for x in a) ** 0.5
     sb = sum((y - mb) ** 2 for y in b) ** 0.5
-    if n < 3 or sa == 0 or sb == 0:
-        return None
-    return sum((x - ma) * (y - mb) for x, y in zip(a, b)) / (sa * sb)
+    if sa == 0 or sb == 0:
+        return None, f"z0 constant at {a[0]:.3g}" if sa == 0 else "every micro-batch of one length"
+    return max(-1.0, min(1.0, sum((x - ma) * (y - mb) for x, y in zip(a, b)) / (sa * sb))), None
 
 
 def merge(base: Path, adapter: Path, folder: Path) -> Path:

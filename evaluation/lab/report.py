@@ -82,11 +82,16 @@ def z0_table(arm: str, results: dict) -> list[str]:
         for night in range(nights):
             rows = [r["nights"][night] for r in runs.values() if len(r["nights"]) > night and "z0_length_r" in
                     r["nights"][night]]
+            if not rows:
+                continue
             rs = [row["z0_length_r"] for row in rows if row["z0_length_r"] is not None]
-            if not rs:
+            z0_range = f"{min(row['z0_min'] for row in rows):.2f}–{max(row['z0_max'] for row in rows):.2f}"
+            if not rs:  # undefined on every seed: said, not left out
+                why = sorted({row.get("z0_length_r_undefined", "undefined") for row in rows})
+                lines.append(f"| {name} | {night} | undefined ({'; '.join(why)}) | – | {z0_range} |")
                 continue
             lines.append(f"| {name} | {night} | {sum(rs) / len(rs):+.2f} | {min(rs):+.2f} to {max(rs):+.2f} | "
-                         f"{min(row['z0_min'] for row in rows):.2f}–{max(row['z0_max'] for row in rows):.2f} |")
+                         f"{z0_range} |")
     return lines + [""]
 
 
