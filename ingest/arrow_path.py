@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from ingest.privacy import Pseudonymizer, scrub_array
+from ingest.privacy import PiiCounts, Pseudonymizer, scrub_array_counted
+from ingest.records import deep_lines
 from ingest.schema import DOWN_LABELS, FEEDBACK_SCHEMA, MESSAGE_TYPE, ROLES, UP_LABELS
 from ingest.sources import UTF8_BOM
 
@@ -29,6 +30,19 @@ _PARSE = pj.ParseOptions(
 )
 # Arrow parses its blocks on all cores; a line longer than one fails the block, which then goes per line.
 _ARROW_BLOCK = 1 << 20
+
+
+def _without_deep_lines(block: bytes) -> bytes:
+    """The block with each line nested deeper than records.MAX_DEPTH replaced by `{}`: Arrow's reader and
+    validation recurse per level and crash the process near 10,000 levels. `{}` keeps the row count and
+    fails every required field, so the per-line path gets that line and quarantines it."""
+    deep = deep_lines(block)
+    if not deep:
+        return block
+    lines = block.split(b"\n")
+    for i in deep:
+        lines[i] = b"{}"
+    return b"\n".join(lines)
 
 
 def _read(block: bytes, n_lines: int) -> pa.Table | None:
@@ -147,18 +161,20 @@ def _text_ok(texts: pa.Array, limit: int) -> pa.Array:
     return pc.fill_null(pc.less_equal(pc.utf8_length(texts), limit), True)
 
 
-def _scrub_prompt(prompt: pa.ListArray) -> tuple[pa.ListArray, int, int]:
+def _scrub_prompt(prompt: pa.ListArray, counts: PiiCounts) -> pa.ListArray:
     values = prompt.values
-    content, n_email, n_phone = scrub_array(values.field("content"))
+    content, found = scrub_array_counted(values.field("content"))
+    counts.add(found)
     messages = pa.StructArray.from_arrays([values.field("role"), content], fields=list(MESSAGE_TYPE))
-    return pa.ListArray.from_arrays(prompt.offsets, messages), n_email, n_phone
+    return pa.ListArray.from_arrays(prompt.offsets, messages)
 
 
 def parse_block(block: bytes, n_lines: int, first_line: int, source: str, max_text_chars: int,
-                pseudonymize: Pseudonymizer, scrub_pii: bool):
+                pseudonymize: Pseudonymizer, scrub_pii: bool, counts: PiiCounts | None = None):
     """Parse `n_lines` event lines. Returns (rows as FEEDBACK_SCHEMA, indices of lines left for the
-    per-line path, e-mails masked, phones masked), or None when the whole block must go per line."""
-    table = _read(block, n_lines)
+    per-line path, e-mails masked, phones masked), or None when the whole block must go per line.
+    With `scrub_pii`, every mask (secrets too) is also added to `counts` when given."""
+    table = _read(_without_deep_lines(block), n_lines)
     if table is None:
         return None
     names = set(table.column_names)
@@ -198,11 +214,13 @@ def parse_block(block: bytes, n_lines: int, first_line: int, source: str, max_te
         return pc.take(array, keep)
 
     prompt_out, completion_out = take(prompt), take(col["completion"])
-    n_email = n_phone = 0
+    masked = PiiCounts()
     if scrub_pii:
-        prompt_out, e1, p1 = _scrub_prompt(prompt_out)
-        completion_out, e2, p2 = scrub_array(completion_out)
-        n_email, n_phone = e1 + e2, p1 + p2
+        prompt_out = _scrub_prompt(prompt_out, masked)
+        completion_out, found = scrub_array_counted(completion_out)
+        masked.add(found)
+        if counts is not None:
+            counts.add(masked)
     n = len(keep)
 
     def optional(name):
@@ -225,7 +243,7 @@ def parse_block(block: bytes, n_lines: int, first_line: int, source: str, max_te
         ],
         schema=FEEDBACK_SCHEMA,
     )
-    return rows, rest, n_email, n_phone
+    return rows, rest, masked.emails, masked.phones
 
 
 def _content_ok(prompt: pa.ListArray, limit: int) -> pa.Array:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -24,6 +25,19 @@ FOREIGN_FORMATS = FORMATS[3:]  # read by ingest/formats/ into events records
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 _HH_LAST_ANSWER = "\n\nAssistant:"
+
+MAX_DEPTH = 128
+"""JSON nested deeper than this (objects and arrays together) is quarantined before any parser sees it:
+Python's json raises RecursionError near 1,000 levels, orjson refuses 1,024, and Arrow's reader crashes
+the process (a segfault) near 10,000. No event format needs a tenth of this."""
+# Until ingest/schema.py has a reason of its own for it, a line too deep to parse is malformed JSON.
+TOO_DEEP = Reason.MALFORMED_JSON
+# A JSON string, escapes included; an unterminated one runs to the end of the line (so matching never
+# backtracks: each try from a quote succeeds, and the scan stays linear in the line's length).
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_OPENINGS = bytes(b for b in range(256) if b not in b"[{\n")
+_LONG_RUN = re.compile(rb"[^\n]{%d,}" % (MAX_DEPTH + 1))
 
 
 class BadRow(Exception):
@@ -46,6 +60,59 @@ class RowContext:
     default_timestamp: datetime  # for derived events that carry none
 
 
+def too_deep(raw: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether the JSON text `raw` nests arrays and objects deeper than `limit` (brackets in strings do
+    not count). Cheap when the line has few brackets, which is nearly always: two counts."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    depth = 0
+    for byte in _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS):
+        depth += 1 if byte in b"[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def too_deep_row() -> BadRow:
+    """The quarantine entry of a line `too_deep` refuses."""
+    return BadRow(TOO_DEEP, f"JSON nested deeper than {MAX_DEPTH} levels of arrays and objects")
+
+
+def deep_lines(block: bytes) -> list[int]:
+    """Indices of the block's lines (newline-separated) that are `too_deep`. Only a line holding more than
+    MAX_DEPTH opening brackets can be: found in C (keep the brackets and newlines, look for a long run)."""
+    openings = block.translate(None, _NOT_OPENINGS)
+    candidates, line, at = [], 0, 0
+    for run in _LONG_RUN.finditer(openings):
+        line += openings.count(b"\n", at, run.start())
+        at = run.start()
+        candidates.append(line)
+    if not candidates:
+        return []
+    lines = block.split(b"\n")
+    return [i for i in candidates if too_deep(lines[i])]
+
+
+def describe(value: Any) -> str:
+    """A value's JSON type and size, never its content: what a quarantine detail may say about a value
+    (a label or a timestamp field may hold an e-mail address, a phone number or a key)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return f"an integer of {len(str(abs(value)))} digits"
+    if isinstance(value, float):
+        return "a number with a fraction" if math.isfinite(value) else "a non-finite number"
+    if isinstance(value, str):
+        return f"a string of {len(value):,} chars"
+    if isinstance(value, list):
+        return f"a list of {len(value):,} items"
+    if isinstance(value, dict):
+        return f"an object of {len(value):,} keys"
+    return f"a {type(value).__name__}"
+
+
 def parse_label(value: Any) -> bool:
     """True for a thumbs-up, False for a thumbs-down; BadRow for anything else."""
     if isinstance(value, bool):
@@ -59,7 +126,7 @@ def parse_label(value: Any) -> bool:
             return True
         if folded in DOWN_LABELS:
             return False
-    raise BadRow(Reason.BAD_LABEL, f"label {value!r} is not up/down or thumbs_up/thumbs_down (any case), "
+    raise BadRow(Reason.BAD_LABEL, f"label: {describe(value)} is not up/down or thumbs_up/thumbs_down (any case), "
                  "a JSON true/false, or the number 1/-1")
 
 
@@ -70,13 +137,14 @@ def parse_timestamp(value: Any) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise BadRow(Reason.BAD_TIMESTAMP, f"timestamp {value[:64]!r} is not ISO-8601") from None
+        raise BadRow(Reason.BAD_TIMESTAMP, f"timestamp: {describe(value)} is not ISO-8601 "
+                     "(such as 2026-11-20T03:12:45Z)") from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=timezone.utc)
     try:
         return parsed.astimezone(timezone.utc)
     except OverflowError:  # valid ISO-8601 whose UTC value leaves years 1-9999 ("9999-12-31T23:59:59-01:00")
-        raise BadRow(Reason.BAD_TIMESTAMP, f"timestamp {value[:64]!r} is outside years 1-9999 in UTC") from None
+        raise BadRow(Reason.BAD_TIMESTAMP, "timestamp: ISO-8601 outside years 1-9999 in UTC") from None
 
 
 def parse_prompt(value: Any) -> list[dict[str, str]]:
@@ -95,7 +163,7 @@ def parse_prompt(value: Any) -> list[dict[str, str]]:
             raise BadRow(Reason.BAD_PROMPT, f"prompt message {i} is not an object")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise BadRow(Reason.BAD_PROMPT, f"prompt message {i} has role {role!r}, not one of {ROLES}")
+            raise BadRow(Reason.BAD_PROMPT, f"prompt message {i}: role, {describe(role)}, is not one of {ROLES}")
         if not isinstance(content, str):
             raise BadRow(Reason.BAD_PROMPT, f"prompt message {i} has no string content")
         messages.append({"role": role, "content": content})
@@ -246,6 +314,8 @@ def line_to_rows(raw: bytes, fmt: str, ctx: RowContext, line: int) -> list[dict 
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         return [BadRow(Reason.INVALID_UTF8, f"invalid UTF-8 at byte {err.start}")]
+    if too_deep(raw):
+        return [too_deep_row()]
     try:
         record = json.loads(text)
     except ValueError as err:  # JSONDecodeError, and the recursion guard's ValueError

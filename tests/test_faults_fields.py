@@ -2,10 +2,11 @@
 
 Hypothesis builds files of event lines whose every field is drawn from hostile values (other JSON types,
 numbers at the edges, timestamps out of range or in odd ISO forms, lone surrogates, control characters,
-BOMs, CRLF, invalid UTF-8, truncation). Within one file the fields often share a JSON type, so Arrow's
-reader types the block and the vectorised path really decides rows (a file of mixed types goes per
-line, which is tested too). Each file is ingested with the Arrow path on and forced off; both must
-count lines read = accepted + quarantined, and write the same accepted rows and the same quarantine.
+BOMs, CRLF, invalid UTF-8, truncation, nesting around records.MAX_DEPTH and far past it). Within one file
+the fields often share a JSON type, so Arrow's reader types the block and the vectorised path really decides
+rows (a file of mixed types goes per line, which is tested too). Each file is ingested with the Arrow path on
+and forced off; both must count lines read = accepted + quarantined, and write the same accepted rows and the
+same quarantine.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from ingest.job import IngestConfig, ingest  # noqa: E402
 from ingest.lake import feedback_dataset, quarantine_table  # noqa: E402
+from ingest.records import MAX_DEPTH  # noqa: E402
 
 LIMIT = 64  # max_text_chars: texts near and over the limit are cheap to generate
 
@@ -88,6 +90,16 @@ FIELD_KINDS = {
 }
 OPTIONAL = ("user_id", "conversation_id", "model_version", "metadata")
 
+# Nesting around the bound and far past it (Python's json gives up near 1,000 levels, Arrow crashed near 10,000),
+# planted as raw text after json.dumps (which would recurse too) in place of a placeholder string.
+DEPTHS = [2, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 1_000, 10_000]
+_DEEP = "__deep_placeholder__"
+
+
+def nested(depth: int) -> bytes:
+    opens = "".join("[" if i % 2 else '{"k":' for i in range(depth))
+    return (opens + "0" + "".join("]" if i % 2 else "}" for i in reversed(range(depth)))).encode()
+
 
 @st.composite
 def event_file(draw) -> bytes:
@@ -102,13 +114,19 @@ def event_file(draw) -> bytes:
                        draw(st.sampled_from(others)) if name in varied else first)
         present[name] = draw(st.sampled_from([1.0, 0.5, 0.0] if name in OPTIONAL else [1.0, 1.0, 1.0, 0.9]))
     ascii_only, broken = draw(st.booleans()), draw(st.integers(0, 2)) == 0
+    deep = draw(st.sampled_from([None, None, None, "metadata", "prompt", "extra"]))  # where nesting is planted
     lines = []
     for _ in range(n):
         record = {}
         for name in FIELD_KINDS:
             if draw(st.floats(0, 1)) < present[name]:
                 record[name] = draw(st.none() if draw(st.integers(0, 29)) == 0 else kinds[name])
+        depth = draw(st.sampled_from(DEPTHS)) if deep and draw(st.booleans()) else None
+        if depth:
+            record["zz" if deep == "extra" else deep] = _DEEP
         raw = json.dumps(record, ensure_ascii=ascii_only, allow_nan=True).encode("utf-8", "surrogatepass")
+        if depth:
+            raw = raw.replace(f'"{_DEEP}"'.encode(), nested(depth))
         if broken and draw(st.booleans()):  # a line broken at the byte level
             at = draw(st.integers(0, len(raw)))
             bad = draw(st.sampled_from([b"\xff", b"\xc3", b"\xc0\xaf", b"\xed\xa0\x80", b"\x00", b"\x1f"]))
@@ -188,6 +206,8 @@ def test_a_byte_order_mark_opens_a_file_but_elsewhere_is_bad_json(tmp_path):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 @given(data=event_file())
 @example(data=OUT_OF_RANGE)
+@example(data=OUT_OF_RANGE.replace(b'"p"', nested(1_000), 1).replace(b'"p"', nested(10_000), 1))  # too deep
+@example(data=OUT_OF_RANGE.replace(b'"label": "up"}', b'"label": "up", "zz": ' + nested(MAX_DEPTH - 1) + b"}", 1))
 @example(data=b'{"event_id": "a", "timestamp": "2026-11-20T03:12:45Z", "prompt": "p", "completion": "c\xff", '
               b'"label": "up"}\n')  # Arrow's reader does not check UTF-8 itself
 @example(data=b'{"event_id": "a", "timestamp": "2026-11-20T03:12:45Z", "prompt": "p", "completion": "c", '

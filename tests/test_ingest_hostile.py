@@ -11,6 +11,7 @@ from ingest import arrow_path
 from ingest.job import IngestConfig, ingest
 from ingest.lake import feedback_dataset, quarantine_table
 from ingest.privacy import Pseudonymizer
+from ingest.records import TOO_DEEP
 
 LIMIT = 1000  # max_text_chars for these tests
 
@@ -49,7 +50,8 @@ GOOD = [
 BAD = [  # (raw line, reason)
     (b'{"event_id": "e-100", "timestamp": ', "malformed_json"),
     (b"not json at all", "malformed_json"),
-    (b"[" * 100_000, "malformed_json"),
+    (b"[" * 100_000, TOO_DEEP.value),
+    (b'{"event_id": "e-130", "metadata": ' + b"[" * 1_000 + b"]" * 1_000 + b"}", TOO_DEEP.value),
     (b'{"event_id": "e-101", "completion": "\xff\xfe bad bytes", "label": "up"}', "invalid_utf8"),
     (b'{"event_id":"e-102","timestamp":"2026-11-20T03:12:45Z","prompt":"p","completion":"\\ud800","label":"up"}',
      "invalid_utf8"),

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ingest.records import BadRow
+from ingest.records import BadRow, describe
 from ingest.schema import Reason
 
 _ROLES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system",
@@ -121,20 +121,20 @@ def nanos_to_iso(value: Any, what: str) -> str:
     try:
         nanos = int(value)
     except (TypeError, ValueError):
-        raise BadRow(Reason.BAD_TIMESTAMP, f"{what} {value!r} is not unix nanoseconds") from None
+        raise BadRow(Reason.BAD_TIMESTAMP, f"{what}: {describe(value)} is not unix nanoseconds") from None
     try:
         return datetime.fromtimestamp(nanos // 1000 / 1e6, timezone.utc).isoformat()
     except (OverflowError, OSError, ValueError):
-        raise BadRow(Reason.BAD_TIMESTAMP, f"{what} {value!r} is out of range") from None
+        raise BadRow(Reason.BAD_TIMESTAMP, f"{what}: {describe(value)} is out of range") from None
 
 
 def seconds_to_iso(value: Any, what: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRow(Reason.BAD_TIMESTAMP, f"{what} {value!r} is not unix seconds")
+        raise BadRow(Reason.BAD_TIMESTAMP, f"{what}: {describe(value)} is not unix seconds")
     try:
         return datetime.fromtimestamp(value, timezone.utc).isoformat()
     except (OverflowError, OSError, ValueError):
-        raise BadRow(Reason.BAD_TIMESTAMP, f"{what} {value!r} is out of range") from None
+        raise BadRow(Reason.BAD_TIMESTAMP, f"{what}: {describe(value)} is out of range") from None
 
 
 def to_text(content: Any) -> Any:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ingest.formats.base import (Generation, Ignored, Rating, Trace, optional_str, require_str, to_completion,
                                  to_messages)
-from ingest.records import BadRow
+from ingest.records import BadRow, describe
 from ingest.schema import Reason
 
 
@@ -63,14 +63,15 @@ def score(record: dict, raw, ctx) -> Rating | Ignored:
     if data_type == "BOOLEAN":
         value = record.get("value")
         if value not in (0, 1) or isinstance(value, bool):
-            raise BadRow(Reason.BAD_LABEL, f"BOOLEAN score value {value!r} is not 1 or 0")
+            raise BadRow(Reason.BAD_LABEL, f"BOOLEAN score value: {describe(value)} is not 1 or 0")
         desirable = value == 1
     elif data_type == "CATEGORICAL" or (data_type is None and isinstance(record.get("stringValue"), str)):
         desirable = ctx.options.decide(record.get("stringValue"), "CATEGORICAL score stringValue")
     elif data_type in ("NUMERIC", None):
         desirable = ctx.options.decide(record.get("value"), "NUMERIC score value")
     else:
-        raise BadRow(Reason.WRONG_TYPE, f"score dataType {data_type!r} is not BOOLEAN, NUMERIC or CATEGORICAL")
+        raise BadRow(Reason.WRONG_TYPE, f"score dataType: {describe(data_type)} is not BOOLEAN, NUMERIC or "
+                                           "CATEGORICAL")
     target = f"obs:{observation_id}" if observation_id else f"trace:{trace_id}"
     return Rating(score_id, target, desirable, record.get("timestamp"), raw)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ingest.records import BadRow
+from ingest.records import BadRow, describe
 from ingest.schema import Reason
 
 UP_VALUES = ("up", "thumbs_up", "thumbs-up", "thumbsup", "positive", "good", "true", "👍")
@@ -58,7 +58,7 @@ class FormatOptions:
                     return True
                 if value <= self.down_at:
                     return False
-            raise BadRow(Reason.BAD_LABEL, f"{what} {value!r} is neither >= --up-at {self.up_at:g} "
+            raise BadRow(Reason.BAD_LABEL, f"{what}: {describe(value)} is neither >= --up-at {self.up_at:g} "
                                            f"nor <= --down-at {self.down_at:g}")
         if isinstance(value, str):
             folded = value.strip().lower()
@@ -66,5 +66,6 @@ class FormatOptions:
                 return True
             if folded in self._down:
                 return False
-            raise BadRow(Reason.BAD_LABEL, f"{what} {value[:80]!r} is in neither --up-values nor --down-values")
+            raise BadRow(Reason.BAD_LABEL, f"{what}: {describe(value)} is in neither --up-values nor "
+                                           "--down-values")
         raise BadRow(Reason.BAD_LABEL, f"{what} is a JSON {type(value).__name__}, not a bool, number or string")

@@ -21,7 +21,7 @@ import hashlib
 import json
 
 from ingest.formats.base import Generation, Ignored, Rating, nanos_to_iso, to_completion, to_messages
-from ingest.records import BadRow
+from ingest.records import MAX_DEPTH, TOO_DEEP, BadRow, describe, too_deep
 from ingest.schema import Reason
 
 EVALUATION = "gen_ai.evaluation.result"
@@ -40,7 +40,7 @@ def value_of(value):
         try:
             return int(inner)  # OTLP/JSON writes 64-bit integers as strings
         except (TypeError, ValueError):
-            raise BadRow(Reason.WRONG_TYPE, f"intValue {inner!r} is not an integer") from None
+            raise BadRow(Reason.WRONG_TYPE, f"intValue: {describe(inner)} is not an integer") from None
     return inner
 
 
@@ -52,6 +52,8 @@ def attributes(items) -> dict:
 
 def _structured(value, name: str):
     if isinstance(value, str):  # the conventions allow a JSON string where structured values are not supported
+        if too_deep(value.encode("utf-8", "surrogatepass")):
+            raise BadRow(TOO_DEEP, f"{name} is a JSON string nested deeper than {MAX_DEPTH} levels")
         try:
             return json.loads(value)
         except ValueError:

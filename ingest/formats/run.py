@@ -32,13 +32,16 @@ from ingest.formats.base import Event, Generation, Ignored, Rating, Trace, Unrat
 from ingest.formats.join import Index, fill_from_trace
 from ingest.privacy import Pseudonymizer, resolve_key
 from ingest.progress import Progress
-from ingest.records import BadRow, RowContext
+from ingest.records import BadRow, RowContext, too_deep, too_deep_row
 from ingest.schema import Reason
 from ingest.sources import Block, SourceError, read_blocks, sha256_of
 
 PARSERS = {"trl-kto": trl_kto.parse, "langfuse": langfuse.parse, "langsmith": langsmith.parse,
            "otel-genai": otel_genai.parse, "openai": openai.parse}
 JOINED = ("langfuse", "langsmith", "otel-genai")  # formats whose ratings name generations by id
+# The field a rating's target key (join.Index) was read from, for quarantine details.
+_TARGET_FIELDS = {"obs": "observationId", "trace": "traceId", "run": "run_id", "span": "spanId",
+                  "resp": "gen_ai.response.id"}
 FLUSH_EVENTS = 50_000  # events buffered per source before they are validated and written
 
 
@@ -116,6 +119,12 @@ def _load(raw: bytes):
     """A line to its JSON value, or a BadRow with the same reasons as the events path."""
     if not raw.strip():
         return BadRow(Reason.BLANK_LINE, "line is blank")
+    if too_deep(raw):  # before any parser: they recurse per level (and orjson and json disagree on the limit)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:  # the events path names bad bytes first
+            return BadRow(Reason.INVALID_UTF8, f"invalid UTF-8 at byte {err.start}")
+        return too_deep_row()
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -192,7 +201,7 @@ class Run:
             return
         except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:  # a shape no check foresaw
             src.bad.append((line_no, raw, BadRow(Reason.WRONG_TYPE, f"record is not in the {self.config.format} "
-                                                                    f"shape ({type(err).__name__}: {err})"[:300])))
+                                                                    f"shape ({type(err).__name__})")))
             return
         local, ratings, traces = None, [], []
         for it in items:
@@ -251,9 +260,10 @@ class Run:
             if gen is None and rating.target in stored:
                 self.emit(src.stored, rating, stored[rating.target], line_no)
             elif gen is None:
+                field = _TARGET_FIELDS.get(rating.target.split(":")[0], "id")  # the field, never its value
                 src.bad.append((line_no, rating.raw, BadRow(
-                    Reason.ORPHAN_FEEDBACK, f"no generation {rating.target!r} in this run's sources; a later run "
-                                            "that brings it turns this rating into an event")))
+                    Reason.ORPHAN_FEEDBACK, f"no generation with the {field} it names in this run's sources; a later "
+                                            "run that brings it turns this rating into an event")))
             else:
                 self.emit(src.pending, rating, gen, line_no)
         self.deferred = []
