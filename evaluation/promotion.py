@@ -12,37 +12,34 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Annotated, Dict, List, Optional, Union
 
-from common.configfile import load_config
+from pydantic import Field
+
+from common.configfile import config, load_config
 
 DEFAULT_POLICY = Path(__file__).with_name("promotion.yaml")
+Share = Annotated[float, Field(ge=0, le=1)]  # an accuracy, or a fall in one
 
 
-@dataclass
+@config
 class PromotionPolicy:
-    min_auc: float = 0.55
+    min_auc: float = Field(0.55, ge=0, le=1)
     """Floor on the candidate's held-out preference AUC."""
-    max_auc_drop: float = 0.02
+    max_auc_drop: float = Field(0.02, ge=0, le=1)
     """How far the candidate's AUC may trail the incumbent's."""
-    max_kl_per_token: float = 0.5
+    max_kl_per_token: float = Field(0.5, gt=0)
     """Cap on the mean exact KL from the reference per completion token (nats)."""
-    max_length_ratio: float = 1.5
+    max_length_ratio: float = Field(1.5, ge=1)
     """Cap on mean generated length over the reference's, greedy and sampled."""
-    min_length_ratio: float = 0.5
+    min_length_ratio: float = Field(0.5, gt=0, le=1)
     """Floor on the same ratio."""
-    suite_tolerance: float = 0.0
+    suite_tolerance: float = Field(0.0, ge=0, le=1)
     """How far a task suite's accuracy may fall below the incumbent's."""
-    suite_tolerances: Dict[str, float] = field(default_factory=dict)
+    suite_tolerances: Dict[str, Share] = field(default_factory=dict)
     """Per-suite overrides of `suite_tolerance`."""
-    min_suite_accuracy: Dict[str, float] = field(default_factory=dict)
+    min_suite_accuracy: Dict[str, Share] = field(default_factory=dict)
     """Per-suite floors, checked with or without an incumbent."""
-
-    def __post_init__(self):
-        if not 0 <= self.min_auc <= 1 or self.max_auc_drop < 0:
-            raise ValueError("min_auc must be in [0, 1] and max_auc_drop >= 0")
-        if self.max_kl_per_token <= 0 or not 0 < self.min_length_ratio <= 1 <= self.max_length_ratio:
-            raise ValueError("need max_kl_per_token > 0 and 0 < min_length_ratio <= 1 <= max_length_ratio")
 
     @classmethod
     def load(cls, path: Optional[Union[str, Path]] = None) -> "PromotionPolicy":

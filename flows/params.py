@@ -1,7 +1,8 @@
 """The nightly retrain's parameters: one typed model, so the Prefect UI shows them as a form.
 
 Every field has a default and a description; a `--params FILE` (YAML or JSON) for `thumbs run`, a
-deployment's defaults and the UI's "Custom run" all fill the same model.
+deployment's defaults and the UI's "Custom run" all fill the same model. Values are read as the stages'
+configs read theirs (common/configfile.py's CONFIG): inf, nan and `true` for a number are refused.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from common.configfile import CONFIG, refuse_bool_for_number
 
 
 class LoraSettings(BaseModel):
     """Empty fields keep the training YAML's value (or its default)."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG
+    refuse_bool_for_number = field_validator("*", mode="before")(classmethod(refuse_bool_for_number))
 
     r: Optional[int] = Field(None, ge=1, le=512, description="LoRA rank (default 16).")
     alpha: Optional[int] = Field(None, ge=1, description="LoRA alpha; the update is scaled by alpha / r (default 32).")
@@ -22,20 +26,21 @@ class LoraSettings(BaseModel):
 
 
 class RetrainParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field in --params or a custom run is an error, not ignored
+    model_config = CONFIG  # a misspelt field in --params or a custom run is an error, not ignored
+    refuse_bool_for_number = field_validator("*", mode="before")(classmethod(refuse_bool_for_number))
 
     # Data
     sources: List[str] = Field(default_factory=list, description=(
         "Feedback logs to ingest: JSONL(.gz) files, folders or glob patterns. Files already in the lake are "
         "skipped, so pointing at the whole log folder every night is fine."))
     source_format: Literal["events", "pairs", "hh"] = Field("events", description="Format of the sources.")
-    workdir: str = Field(".thumbs", description="Root for lake/, snapshots/, runs/ and registry/ unless set below.")
+    workdir: str = Field(".thumbs", min_length=1, description="Root for lake/, snapshots/, runs/ and registry/ unless set below.")
     lake: Optional[str] = Field(None, description="Parquet lake folder or fsspec URL, e.g. s3://bucket/lake "
                                                   "(default WORKDIR/lake).")
     snapshots: Optional[str] = Field(None, description="Folder or fsspec URL of curated snapshots "
                                                        "(default WORKDIR/snapshots).")
     registry: Optional[str] = Field(None, description="Registry folder or fsspec URL (default WORKDIR/registry).")
-    model_name: str = Field("default", description="Model name inside the registry; one retrain at a time per name.")
+    model_name: str = Field("default", min_length=1, description="Model name inside the registry; one retrain at a time per name.")
     lock_timeout_s: float = Field(6 * 3600, gt=0, description=(
         "Fail if another retrain of the same model holds the lock for longer than this (seconds)."))
     window_days: Optional[int] = Field(None, ge=1, description=(
@@ -47,7 +52,7 @@ class RetrainParams(BaseModel):
         "Pseudonymise user ids with the public development key (demos only); production sets THUMBS_PSEUDONYM_KEY."))
 
     # Training
-    base_model: str = Field(..., description="Base model: a local folder, or a hub id already in the local cache.")
+    base_model: str = Field(..., min_length=1, description="Base model: a local folder, or a hub id already in the local cache.")
     train_config: Optional[str] = Field(None, description="YAML of training fields (training/kto.yaml); the fields "
                                                           "below override it.")
     beta: Optional[float] = Field(None, gt=0, description="β of the KTO value function (default 0.1).")
@@ -80,7 +85,7 @@ class RetrainParams(BaseModel):
         "(peft) it is loaded there under notify_alias, checked, then the previous version retired. If that "
         "fails the run fails at export; production and the export stand, the server keeps the old version, "
         "and the next run tries again."))
-    notify_alias: str = Field("thumbs", description="With notify: the model name the server's clients request.")
+    notify_alias: str = Field("thumbs", min_length=1, description="With notify: the model name the server's clients request.")
     max_lora_rank: Optional[Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]] = Field(None, description=(
         "peft export: the vLLM server's --max-lora-rank; an adapter of higher rank is refused at export "
         "(default: vLLM's largest, 512)."))

@@ -16,18 +16,11 @@ import typer
 
 
 def load_params(path: Optional[Path], **overrides):
-    """RetrainParams from a YAML/JSON file, then overrides; a bad field names itself."""
-    from pydantic import ValidationError
-
+    """RetrainParams from a YAML/JSON file, then overrides; a bad field names itself and the file."""
+    from common.configfile import load_config
     from flows.params import RetrainParams
-    from common.configfile import read_mapping
 
-    data = read_mapping(path) if path is not None else {}  # JSON is YAML
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return RetrainParams(**data)
-    except ValidationError as err:
-        raise ValueError(f"invalid parameters: {err}") from err
+    return load_config(RetrainParams, path, "parameters", **overrides)
 
 
 def run_command(

@@ -7,13 +7,15 @@ All rows of one example (prompt, completion) land in one bucket, so per-bucket r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict, field
-from typing import Iterator
+from dataclasses import asdict, field
+from typing import Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
+from common.configfile import config
 from ingest.keys import example_key, normalize_text, prompt_key, stable_hash, unit_interval
 from ingest.schema import FEEDBACK_SCHEMA
 from ingest.vote_caps import apply_caps
@@ -24,41 +26,30 @@ CURATED_SCHEMA = FEEDBACK_SCHEMA.append(pa.field("votes_up", pa.int32(), nullabl
 _SPLIT_SALT = "\x1cthumbs-split-v1"
 
 
-@dataclass
+@config
 class CurateConfig:
-    policy: str = "majority"
+    policy: Literal[POLICIES] = "majority"
     """How one example's votes become its label: `majority` (ties dropped), `drop-conflicts`
     (any disagreement dropped) or `latest` (the most recent vote wins)."""
-    eval_fraction: float = 0.05
+    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     """Share of prompts held out for evaluation, chosen by a hash of the prompt."""
-    max_prompt_chars: int = 32_000
+    max_prompt_chars: int = Field(32_000, ge=1)
     """Examples whose prompt (all messages) is longer are dropped (too_long)."""
-    max_completion_chars: int = 16_000
+    max_completion_chars: int = Field(16_000, ge=1)
     """Examples whose completion is longer are dropped (too_long)."""
-    min_per_class: int = 1
+    min_per_class: int = Field(1, ge=1)
     """Fewer train examples than this of either class stops curation with an error."""
-    balance_target: float = 4 / 3
+    balance_target: float = Field(4 / 3, ge=1.0, le=4 / 3)
     """Upper edge of the band [1, balance_target] that λD·nD / (λU·nU) is brought into; at most 4/3."""
-    n_buckets: int = 64
+    n_buckets: int = Field(64, ge=1)
     """Hash buckets the rows are grouped in; bounds what one worker holds at once."""
-    max_user_share: float = 1.0
+    max_user_share: float = Field(1.0, gt=0.0, le=1.0)
     """Poisoning defence (ingest/vote_caps.py): a user's thumbs-up (or thumbs-down) beyond this share of the
     window's thumbs-up (or thumbs-down) are thinned to about that share; 1.0 keeps everything."""
-    max_example_votes: int = 0
+    max_example_votes: int = Field(0, ge=0)
     """At most this many votes (the latest) count per example; 0 keeps everything."""
     user_keep: dict = field(default_factory=dict, repr=False)
     """Filled by vote_caps.with_user_caps from the lake files; derived data, left out of to_dict."""
-
-    def __post_init__(self):
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if self.max_prompt_chars < 1 or self.max_completion_chars < 1 or self.n_buckets < 1:
-            raise ValueError("max_prompt_chars, max_completion_chars and n_buckets must be positive")
-        if not 0.0 < self.max_user_share <= 1.0 or self.max_example_votes < 0:
-            raise ValueError(f"max_user_share must be in (0, 1] (1 = no cap), got {self.max_user_share}; "
-                             f"max_example_votes must be >= 0 (0 = no cap), got {self.max_example_votes}")
 
     def to_dict(self) -> dict:
         out = asdict(self)

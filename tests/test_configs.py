@@ -1,14 +1,18 @@
 """Every shipped YAML loads through the one config loader (common/configfile.py), and an unknown key is refused
-the same way by every config: named, with the known ones listed."""
+the same way by every config: named, with the known ones listed. (Every field's type and range:
+tests/test_config_validation.py.)"""
 
 from __future__ import annotations
 
 import pytest
 
 from common.configfile import load_config, read_mapping
+from evaluation.evaluate import EvalConfig
 from evaluation.promotion import DEFAULT_POLICY, PromotionPolicy
 from flows.demo import POLICY as DEMO_POLICY
+from flows.params import RetrainParams
 from ingest.curation import CurateConfig
+from ingest.job import IngestConfig
 from training.config import DEFAULTS_YAML, TrainConfig
 
 
@@ -16,16 +20,17 @@ def test_the_shipped_yaml_states_the_dataclass_defaults():
     assert TrainConfig.load(DEFAULTS_YAML) == TrainConfig()
     assert PromotionPolicy.load(DEFAULT_POLICY) == PromotionPolicy()
     assert PromotionPolicy.load(DEMO_POLICY) != PromotionPolicy()  # the demo's looser caps load too
-    with pytest.raises(ValueError, match="micro_batch_size must be at least 2"):
+    with pytest.raises(ValueError, match="micro_batch_size must be >= 2, got 1"):
         TrainConfig(micro_batch_size=1)
 
 
 @pytest.mark.parametrize("cls,what", [(TrainConfig, "training config"), (PromotionPolicy, "promotion policy"),
-                                      (CurateConfig, "curate config")])
+                                      (CurateConfig, "curate config"), (EvalConfig, "eval config"),
+                                      (IngestConfig, "ingest config"), (RetrainParams, "parameters")])
 def test_an_unknown_key_is_refused_the_same_way_everywhere(tmp_path, cls, what):
     bad = tmp_path / "bad.yaml"
     bad.write_text("betta: 0.2\n")
-    with pytest.raises(ValueError, match=rf"unknown {what} field\(s\) \['betta'\]; known: \["):
+    with pytest.raises(ValueError, match=rf"^{bad}: unknown {what} field\(s\) \['betta'\]; known: \["):
         load_config(cls, bad, what)
 
 

@@ -11,8 +11,7 @@ is one of the configured values (any case), and bad_label otherwise.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
+from common.configfile import config
 from ingest.records import BadRow, describe
 from ingest.schema import Reason
 
@@ -20,7 +19,7 @@ UP_VALUES = ("up", "thumbs_up", "thumbs-up", "thumbsup", "positive", "good", "tr
 DOWN_VALUES = ("down", "thumbs_down", "thumbs-down", "thumbsdown", "negative", "bad", "false", "👎")
 
 
-@dataclass(frozen=True)
+@config(frozen=True)
 class FormatOptions:
     score_name: str = "thumbs"
     """Langfuse score `name`, LangSmith feedback `key`, OTel `gen_ai.evaluation.name` that holds the thumbs."""
