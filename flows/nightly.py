@@ -54,29 +54,10 @@ def _window(params: RetrainParams, today: Optional[date] = None) -> tuple:
     return today - timedelta(days=params.window_days - 1), today
 
 
-def _snapshot_key(context, arguments: dict) -> Optional[str]:
-    """The snapshot's content id (lake files in the window + curation config): same data, same key, task skipped."""
-    from ingest.curate import partition_files, snapshot_id
-    from ingest.snapshot import is_published
-
-    from ingest.remote import is_remote
-
-    params: RetrainParams = arguments["params"]
-    if is_remote(params.path("lake")) or is_remote(params.path("snapshots")):
-        return None  # on an object store the task runs; curate itself finds a published snapshot and reuses it
-    lake = Path(params.path("lake"))
-    since, until = _window(params)
-    try:
-        sid = snapshot_id(partition_files(lake, since, until), lake, params.curate_config(),
-                          since, until)
-    except Exception:  # noqa: BLE001  (no lake yet: no cache; the task itself reports the problem)
-        return None
-    snapshots = Path(params.path("snapshots"))
-    return f"thumbs-curate-{snapshots.resolve()}-{sid}" if is_published(snapshots / sid) else None
-
-
-@task(name="curate", cache_key_fn=_snapshot_key, persist_result=True, retries=1,
-      retry_delay_seconds=exponential_backoff(backoff_factor=10))
+# No Prefect result cache: curate itself finds the published snapshot of the same content id, verifies it and reuses
+# it, whereas a cached result is read back from Prefect's storage (pickle, or Prefect's JSON, which imports the
+# exception class a file names): a file planted there must not be able to run code.
+@task(name="curate", retries=1, retry_delay_seconds=exponential_backoff(backoff_factor=10))
 def curate_window(params: RetrainParams) -> dict:
     from ingest.curate import curate
 

@@ -57,6 +57,7 @@ def test_a_full_run_promotes_and_exports_then_a_failed_training_changes_nothing(
     assert table is not None and "preference AUC" in json.dumps(table.data)
     report = Artifact.get("thumbs-report")
     assert "data:image/png;base64," in report.data
+    assert_prefect_stored_nothing_to_read_back()
 
     aliases_before = (workdir / "registry" / "default" / "aliases.json").read_bytes()
     failing = params(workdir, feedback, tiny_model, max_steps=12, micro_batch_size=8, train_config=str(tmp_path / "x.yaml"))
@@ -74,6 +75,17 @@ def test_a_full_run_promotes_and_exports_then_a_failed_training_changes_nothing(
     assert state.result()["version"] == "v0002" and Artifact.get("thumbs-decision") is not None
     serving = json.loads((workdir / "serving" / "serving.json").read_text())
     assert serving["version"] == Registry(workdir / "registry").aliases()["production"]
+
+
+def assert_prefect_stored_nothing_to_read_back():
+    """Nothing of the nightly is read back from Prefect's result storage, where a planted file could run code when
+    deserialised (pickle, or Prefect's JSON, which imports the exception class a file names): curate finds and
+    verifies its published snapshot itself. (Prefect itself pickles a failed run's exception there; thumbs never
+    reads it back.)"""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    storage = Path(PREFECT_LOCAL_STORAGE_PATH.value())
+    assert not storage.exists() or not [p for p in storage.rglob("*") if p.is_file()]
 
 
 def test_parameters_render_as_a_form_with_defaults_and_descriptions():
