@@ -22,6 +22,9 @@ def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600: give it the mode a plain open() would, so a vLLM server or GPU worker
+        # running as another user can read what thumbs wrote.
+        os.fchmod(fd, 0o666 & ~_umask())
         with disk_full(path), os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -30,6 +33,19 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (setting it races other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from tests.conftest import SHARED
 from tests.test_train_sequences import END_OF_TURN, hh_rows, oracle
 from evaluation.scoring import score_examples
-from ingest.snapshot import TRAIN, split_files, write_split
+from ingest.snapshot import TRAIN, read_stats, split_files, write_split, write_stats
 from training.config import TrainConfig
 from training.data import collate, encode
 from training.model import Scorer, UnsupportedHead, active_dropout, load_base
@@ -117,11 +117,13 @@ def test_completion_log_probs_equal_a_naive_float64_computation_on_the_joint_tok
 def small_snapshot(hh_snapshot, tmp_path_factory) -> Path:
     """The real HH-RLHF snapshot cut to its first 16 train examples (8 prompts): a few steps' worth."""
     path = Path(shutil.copytree(hh_snapshot, tmp_path_factory.mktemp("small") / "snapshot"))
+    stats = read_stats(path)
     parts = split_files(path, TRAIN)
     table = pq.read_table(parts[0]).slice(0, 16)
     for part in parts:
         part.unlink()
     write_split(path, TRAIN, table)
+    write_stats(path, stats)  # sealed again, as a snapshot built by hand is: readers check its proof
     return path
 
 
