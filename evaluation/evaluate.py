@@ -15,23 +15,26 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Literal, Optional
 
 import numpy as np
+from pydantic import Field
 
 from evaluation import report, scoring
 from evaluation.metrics import preference_metrics
 from evaluation.suites import load_suite, score_suite
 from common.atomic import write_json_atomic
+from common.configfile import config
 from ingest import snapshot as layout
 from ingest.remote import local_snapshot
 from ingest.snapshot import SnapshotError, read_split, read_stats
 from training.data import DataError, encode
 from training.run_folder import RunFolderError, metrics_path, read_meta
-from training.model import load_tokenizer, pick_device, resolve_model_path, weights_fingerprint
+from training.model import (BaseModelError, check_base_model, load_tokenizer, pick_device, resolve_model_path,
+                            weights_fingerprint)
 
 EVAL_FILE = "eval.json"
 CANDIDATE, INCUMBENT = "candidate", "incumbent"
@@ -41,25 +44,22 @@ class EvaluationError(ValueError):
     """The inputs cannot be evaluated as given; the message says what to change. Nothing was written."""
 
 
-@dataclass
+@config
 class EvalConfig:
-    batch_size: int = 16
+    batch_size: int = Field(16, ge=1)
     """Eval examples per forward pass."""
-    resamples: int = 1000
+    resamples: int = Field(1000, ge=10)
     """Bootstrap resamples for the 95% intervals."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     """Seeds the bootstrap, the choice of generation prompts and sampling."""
-    generation_prompts: int = 32
+    generation_prompts: int = Field(32, ge=0)
     """Eval prompts answered (greedy and sampled) to measure length drift; 0 skips generation."""
-    max_new_tokens: int = 64
+    max_new_tokens: int = Field(64, ge=1)
     """Longest generated answer, for length drift and task suites."""
     suites: List[str] = field(default_factory=list)
     """Task-suite JSONL files (see evaluation/suites.py)."""
-    device: str = "auto"
-
-    def __post_init__(self):
-        if self.batch_size < 1 or self.resamples < 10 or self.generation_prompts < 0 or self.max_new_tokens < 1:
-            raise ValueError("batch_size >= 1, resamples >= 10, generation_prompts >= 0, max_new_tokens >= 1")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the models run: 'auto' (cuda when present), 'cpu' or 'cuda'."""
 
 
 def read_adapter(path: Path) -> dict:
@@ -142,7 +142,8 @@ def evaluate(adapter: Path, snapshot: Path, *, incumbent: Optional[Path] = None,
 def _base_dir(base_model: str, meta: dict) -> Path:
     try:
         model_dir = resolve_model_path(base_model)
-    except FileNotFoundError as err:
+        check_base_model(model_dir)  # a damaged base is named, not reported as "other weights"
+    except (FileNotFoundError, BaseModelError) as err:
         raise EvaluationError(str(err)) from err
     found = weights_fingerprint(model_dir)
     if found != meta["base_model_sha256"]:

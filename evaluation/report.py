@@ -7,7 +7,6 @@ metrics.jsonl, and the snapshot's class balance with its λ weights.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -104,9 +103,9 @@ def _rewards_plot(path: Path, result: dict) -> str:
 
 
 def _training_plot(path: Path, metrics_path: Path) -> Optional[str]:
-    if not metrics_path.is_file():
-        return None
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    from training.run_folder import read_metrics
+
+    rows = read_metrics(metrics_path.parent)  # checked against the run's proof, a torn line named
     if not rows:
         return None
     steps = [r["step"] for r in rows]

@@ -184,7 +184,7 @@ def publish_decision(record: dict) -> None:
 
 # --- the flow --------------------------------------------------------------------------------------------
 
-@flow(name="thumbs-nightly-retrain", log_prints=True)
+@flow(name="thumbs-nightly-retrain", log_prints=True, persist_result=False)  # nothing read back from storage
 def nightly_retrain(params: RetrainParams) -> dict:
     """Retrain the LoRA adapter from the feedback logs with KTO; promote it if it beats production."""
     with retrain_lock(params):
@@ -200,7 +200,7 @@ def nightly_retrain(params: RetrainParams) -> dict:
     return summarize(ingested, snapshot, trained, evaluation, record, exported, out)
 
 
-@flow(name="thumbs-train")
+@flow(name="thumbs-train", persist_result=False)
 def train_flow(snapshot: str, base_model: str, out: str, train_config: Optional[str] = None,
                overrides: Optional[dict] = None) -> dict:
     """Training alone, for a deployment on its own (GPU) work pool; `train_deployment` points the nightly flow here."""

@@ -9,12 +9,18 @@ The scorer computes log-probs from the backbone's hidden states and the output h
 to the head's output what the model's forward does (`head_spec`): Cohere multiplies by `logit_scale`,
 Granite divides by `logits_scaling`, Gemma-2/3 soft-cap. `check_head` compares the two on a few tokens
 and refuses, with a clear error, a model whose forward does anything else to its logits.
+
+A base-model folder is checked before it is used (`check_base_model`): config.json, a tokenizer
+vocabulary and the weight files must be there, every JSON file must parse, and each safetensors file must
+be as long as its header says. A missing or damaged file gives one `BaseModelError` naming it (no tensor
+is read for this), instead of a tokenizer with no vocabulary whose empty encodings get blamed on the data.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -35,8 +41,21 @@ DIVIDES_BY_LOGITS_SCALING = {"granite", "granite_swa", "granitemoe", "granitemoe
 MULTIPLIES_BY_LOGIT_SCALE = {"cohere", "cohere2", "cohere2_moe", "cohere_compass"}  # logits = lm_head(h) * logit_scale
 
 
+# Any one of these holds a tokenizer's vocabulary; without one, transformers builds an empty tokenizer.
+TOKENIZER_VOCABS = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                    "sentencepiece.bpe.model")
+
+
 class UnsupportedHead(RuntimeError):
     """The model's forward does something to its logits that thumbs does not reproduce."""
+
+
+class BaseModelError(ValueError):
+    """The base-model folder lacks a file or holds a damaged one; the message names it."""
+
+    def __init__(self, model_dir: Path, why: str):
+        super().__init__(f"base model folder {model_dir}: {why}. Restore the folder from where it came from (e.g. "
+                         f"`hf download MODEL_ID --local-dir {model_dir} --force-download`, or copy it again)")
 
 
 def resolve_model_path(base_model: str) -> Path:
@@ -54,10 +73,15 @@ def resolve_model_path(base_model: str) -> Path:
                                 f"Hugging Face cache (thumbs never downloads): {err}") from err
 
 
+def weight_files(model_dir: Path) -> list:
+    """Every file under `model_dir` whose name says it holds weights, in a stable order."""
+    return sorted(p for p in Path(model_dir).rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+
+
 def weights_fingerprint(model_dir: Path) -> str:
     """sha256 over the weight files' names and bytes: which base an adapter (and a reference cache) belongs to."""
     h = hashlib.sha256()
-    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    files = weight_files(model_dir)
     if not files:
         raise FileNotFoundError(f"no weight files under {model_dir}")
     for path in files:
@@ -92,10 +116,79 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def check_base_model(model_dir: Path, tokenizer: bool = True, weights: bool = True) -> None:
+    """Refuse a base-model folder with a missing or damaged file, naming it: the tokenizer's files, and
+    config.json and the weight files. Reads headers only, so it costs milliseconds."""
+    model_dir = Path(model_dir)
+    wanted = [model_dir / name for name in MODEL_FILES + ("generation_config.json",)]
+    for path in wanted + sorted(model_dir.glob("*.index.json")):
+        if path.suffix == ".json" and path.is_file():
+            try:
+                json.loads(path.read_bytes())
+            except (OSError, ValueError) as err:
+                raise BaseModelError(model_dir, f"{path.name} is damaged (not valid JSON: {err})") from err
+    if tokenizer and not any((model_dir / name).is_file() for name in TOKENIZER_VOCABS):
+        raise BaseModelError(model_dir, f"tokenizer.json is missing (no tokenizer vocabulary: none of "
+                                        f"{', '.join(TOKENIZER_VOCABS)})")
+    if weights:
+        _check_weights(model_dir)
+
+
+def _check_weights(model_dir: Path) -> None:
+    config = model_dir / "config.json"
+    if not config.is_file():
+        raise BaseModelError(model_dir, "config.json is missing")
+    parsed = json.loads(config.read_bytes())
+    if not isinstance(parsed, dict) or "model_type" not in parsed:
+        raise BaseModelError(model_dir, "config.json is damaged (no model_type)")
+    for index in sorted(model_dir.glob("*.index.json")):  # a sharded checkpoint: every shard it names
+        weight_map = json.loads(index.read_bytes())
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict):
+            raise BaseModelError(model_dir, f"{index.name} is damaged (no weight_map)")
+        shards = {str(name) for name in weight_map.values()}
+        for name in sorted(shards):
+            if not (model_dir / name).is_file():
+                raise BaseModelError(model_dir, f"{name} is missing (named by {index.name})")
+    files = weight_files(model_dir)
+    if not files:
+        raise BaseModelError(model_dir, f"no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+    for path in files:
+        why = safetensors_damage(path) if path.suffix == ".safetensors" else None
+        if why:
+            raise BaseModelError(model_dir, f"{path.relative_to(model_dir)} {why}")
+
+
+def safetensors_damage(path: Path) -> str | None:
+    """Why `path` is not a whole safetensors file, judged from its header and length; None if it is whole."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else size
+        if length > size - 8:
+            return f"is truncated ({size:,} bytes, shorter than its own header)"
+        try:
+            header = json.loads(f.read(length))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "is damaged (its header is not a safetensors header)"
+    if 8 + length + end != size:
+        return f"is truncated or damaged ({size:,} bytes where its header describes {8 + length + end:,})"
+    return None
+
+
 def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    check_base_model(model_dir, weights=False)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except ImportError:  # a library the tokenizer needs (sentencepiece, tiktoken): not the folder's fault
+        raise
+    except Exception as err:  # noqa: BLE001  (the tokenizers library raises a bare Exception on a damaged file)
+        raise BaseModelError(model_dir, f"its tokenizer does not load ({type(err).__name__}: {err})") from err
+    if len(tokenizer) < 2 or not tokenizer.encode("Hello world", add_special_tokens=False):
+        raise BaseModelError(model_dir, "its tokenizer turns text into no tokens (its vocabulary file is damaged)")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked everywhere; any id will do
     return tokenizer
@@ -124,11 +217,16 @@ def load_base(model_dir: Path, quantize: str, device: torch.device) -> nn.Module
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": device}
+    from safetensors import SafetensorError
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_dir)
-    disable_dropout_config(config)  # before the modules exist: attention layers copy it at construction
-    model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, **kwargs)
+    check_base_model(model_dir, tokenizer=False)
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+        disable_dropout_config(config)  # before the modules exist: attention layers copy it at construction
+        model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, **kwargs)
+    except (OSError, SafetensorError) as err:  # not RuntimeError or ValueError: out of memory is not damage
+        raise BaseModelError(model_dir, f"the model does not load ({type(err).__name__}: {err})") from err
     if quantize == "none":
         model.to(device)
     disable_dropout(model)

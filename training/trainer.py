@@ -23,6 +23,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
+from common.atomic import write_text_atomic
 from ingest.balance import ClassWeights, band_warning
 from training import checkpoint, distributed, run_folder
 from training.config import TrainConfig
@@ -30,8 +31,8 @@ from ingest.remote import local_snapshot
 from ingest.snapshot import read_split, read_stats
 from training.data import Encoded, collate, desirable_only, encode, kl_partners
 from training.loss import estimate_kl, kto_loss
-from training.model import (Scorer, compute_dtype, load_model, load_tokenizer, model_files_fingerprint, pick_device,
-                            resolve_model_path, weights_fingerprint)
+from training.model import (Scorer, check_base_model, compute_dtype, load_model, load_tokenizer, model_files_fingerprint,
+                            pick_device, resolve_model_path, weights_fingerprint)
 from training.plan import batch_sizes, plan_epoch
 from training.refcache import cache_dir, cache_key, reference_logps
 
@@ -217,11 +218,12 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     stats = read_stats(snapshot)
     if run_folder.is_finished(out):
         raise TrainingError(f"{out} already holds a finished adapter ({run_folder.META}); choose another --out")
-    if checkpoint.latest(out) is not None and not resume:
+    if checkpoint.saved(out) and not resume:
         raise TrainingError(f"{out} holds checkpoints of an unfinished run: pass --resume to continue it, "
                             "or choose another --out")
     device = pick_device(config.device)
     model_dir = resolve_model_path(base_model)
+    check_base_model(model_dir)  # a damaged base is named now, not blamed on the data later
     tokenizer = load_tokenizer(model_dir)
     encoded = encode(read_split(snapshot), tokenizer, config.max_length, config.max_prompt_length,
                      check=config.objective == "kto")
@@ -289,7 +291,7 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
 def fit(run: Run, say: Callable) -> dict:
     c, processes = run.config, run.processes
     start_step = _maybe_resume(run, say)
-    metrics_log = _MetricsLog(run_folder.metrics_path(run.out), keep_until=start_step, main=processes.main)
+    metrics_log = _MetricsLog(run_folder.metrics_path(run.out), start_step, processes.main, say)
     params = run.scorer.trainable_parameters()
     run.model.train()
     began, last_say, history = time.monotonic(), 0.0, []
@@ -332,17 +334,29 @@ def fit(run: Run, say: Callable) -> dict:
 
 
 def _maybe_resume(run: Run, say: Callable) -> int:
-    last = checkpoint.latest(run.out)
-    if last is None:
-        return 0
-    state = json.loads((last / checkpoint.STATE).read_text())
-    changed = sorted(k for k in run.identity if state.get(k) != run.identity[k])
-    if changed:
-        raise TrainingError(f"cannot resume from {last}: {', '.join(changed)} differ from that run's. Resume with "
-                            "the same snapshot, base model, config and process count, or choose another --out")
-    state = checkpoint.load(last, run.model, run.optimizer, run.scheduler)
-    say(f"train: resuming from {last} (step {state['step']:,} of {run.plan.total_steps:,})")
-    return state["step"]
+    """The step to start from: the newest checkpoint whose files match their proof; a damaged one is named
+    and skipped (its step is trained again), so one torn write never blocks the run."""
+    found = checkpoint.saved(run.out)
+    for path in found:
+        try:
+            saved = checkpoint.read(path)
+            changed = sorted(k for k in run.identity if saved.state.get(k) != run.identity[k])
+            if changed:
+                raise TrainingError(f"cannot resume from {path}: {', '.join(changed)} differ from that run's. Resume "
+                                    "with the same snapshot, base model, config and process count, or choose "
+                                    "another --out")
+            checkpoint.restore(saved, run.model, run.optimizer, run.scheduler)  # parses all before it changes any
+        except checkpoint.CheckpointError as err:
+            say(f"warning: {err}; resuming from an earlier checkpoint instead")
+            continue
+        say(f"train: resuming from {path} (step {saved.state['step']:,} of {run.plan.total_steps:,})")
+        return saved.state["step"]
+    if found:
+        where = checkpoint.checkpoint_dir(run.out)
+        raise TrainingError(f"none of the {len(found)} checkpoint(s) in {where} can be resumed (each is damaged, see "
+                            f"the warnings above). Start this run again: `rm -r {where}` and run the same command "
+                            "without --resume, or choose another --out")
+    return 0
 
 
 def _finish(run: Run, history: list, start_step: int, began: float, say: Callable) -> dict:
@@ -355,10 +369,10 @@ def _finish(run: Run, history: list, start_step: int, began: float, say: Callabl
                "tokens": sum(r["tokens"] for r in history), "final": final}
     _check_processes_agree(run)
     if run.processes.main:
-        run_folder.write_adapter(run.out, run.model, run.tokenizer)
+        written = run_folder.write_adapter(run.out, run.model, run.tokenizer)
         meta = dict(run.meta, summary=summary, libraries=run_folder.library_versions(),
                     finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        run_folder.write_meta(run.out, meta)
+        run_folder.write_meta(run.out, meta, files=[*written, run_folder.METRICS])
         checkpoint.remove_all(run.out)
     distributed.barrier(run.processes)
     say(f"train: done, {summary['steps']:,} steps in {elapsed:,.1f}s; last {len(tail)} steps: loss "
@@ -378,23 +392,36 @@ def _check_processes_agree(run: Run) -> None:
 
 
 class _MetricsLog:
-    """metrics.jsonl, one line per step; on resume the lines past the checkpoint are dropped first."""
+    """metrics.jsonl, one line per step; on resume the lines past the checkpoint are dropped first, and so is a
+    line torn by the kill (the steps it lost are logged again as they are retrained)."""
 
-    def __init__(self, path: Path, keep_until: int, main: bool):
+    def __init__(self, path: Path, keep_until: int, main: bool, say: Callable = print):
         self.path, self.main = path, main
         if not main:
             return
-        kept = []
-        if keep_until and path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= keep_until]
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
+        kept, torn = [], 0
+        for line in path.read_text(errors="replace").splitlines() if keep_until and path.exists() else []:
+            row = _parse_row(line)
+            torn += row is None and bool(line.strip())
+            if row is not None and row["step"] <= keep_until:
+                kept.append(line)
+        if torn:
+            say(f"warning: {path}: {torn} damaged line(s) dropped")
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def write(self, row: dict) -> None:
         if self.main:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+
+
+def _parse_row(line: str) -> Optional[dict]:
+    """A metrics line as a dict with an integer step, or None if it is not one."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and type(row.get("step")) is int else None
 
 
 def _class_weights(config: TrainConfig, stats: dict, counts: dict, say: Callable) -> ClassWeights:
