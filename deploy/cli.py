@@ -1,5 +1,5 @@
 """The commands around the registry: `thumbs evaluate` (against production), `thumbs promote`, `thumbs rollback`,
-`thumbs registry list`, `thumbs export`."""
+`thumbs registry list`, `thumbs registry set-production` (the repair of aliases.json), `thumbs export`."""
 
 from __future__ import annotations
 
@@ -129,13 +129,33 @@ def list_command(
     if not rows:
         typer.echo(f"registry {registry} ({name}): no versions yet")
         return
-    typer.echo(f"{'version':<8} {'registered':<26} {'snapshot':<17} {'AUC':>6} {'KL/token':>9}  status")
+    typer.echo(f"{'version':<8} {'registered':<26} {'snapshot':<17} {'AUC':>6} {'KL/token':>9} {'files':<8}  status")
     for r in rows:
         auc = f"{r['auc']:.3f}" if r["auc"] is not None else "—"
         kl = f"{r['kl_per_token']:.4f}" if r["kl_per_token"] is not None else "—"
         mark = "*" if r["status"] == "production" else " "
         typer.echo(f"{r['version']:<8} {r['registered_at'] or '':<26} {r['snapshot_id'] or '':<17} {auc:>6} {kl:>9} "
-                   f"{mark}{r['status']}")
+                   f"{r['integrity']:<8} {mark}{r['status']}")
+    for r in rows:
+        if r["problem"]:
+            typer.echo(f"{r['version']}: {r['problem']}", err=True)
+
+
+@registry_app.command("set-production")
+def set_production_command(
+    version: str = typer.Argument(..., help="The version to serve (v0003), or 'none' for a registry with no "
+                                            "production yet."),
+    registry: str = typer.Option(..., "--registry", help=REGISTRY_HELP),
+    name: str = typer.Option("default", "--name", help="Model name inside the registry."),
+) -> None:
+    """Repair: make a version production after checking its files, rewriting a missing or torn aliases.json."""
+    from deploy.promote import set_production
+    from deploy.registry import Registry
+
+    try:
+        set_production(Registry(registry, name), version, log=_say)
+    except _errors() as err:
+        _fail(err)
 
 
 def export_command(
@@ -143,7 +163,9 @@ def export_command(
     registry: str = typer.Option(..., "--registry", help=REGISTRY_HELP),
     name: str = typer.Option("default", "--name", help="Model name inside the registry."),
     fmt: str = typer.Option("peft", "--format", help="peft (adapter + serving.json) | merged (full weights)."),
-    out: Path = typer.Option(..., "--out", help="Folder to write (replaced whole if it exists)."),
+    out: Path = typer.Option(..., "--out", help="Serving folder: new, empty, or an earlier thumbs export (switched "
+                             "to the new one in one step; the one before kept as .OUT.previous). Through a symlink, "
+                             "the folder it points at."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="merged only: bfloat16 | float16 | float32."),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Base folder or cached id (default: the one "
                                              "the adapter was trained on): merged merges into it; peft reads its "

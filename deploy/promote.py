@@ -2,11 +2,14 @@
 
     thumbs promote --adapter RUN --registry REGISTRY [--name NAME] [--policy promotion.yaml] [--force]
     thumbs rollback --registry REGISTRY [--name NAME]
+    thumbs registry set-production VERSION|none --registry REGISTRY [--name NAME]   # repair
 
 `promote` needs the adapter's eval.json (`thumbs evaluate --registry REGISTRY`), so the candidate was
 measured against the production adapter that is live now; if production changed since, it refuses.
 Every candidate is registered, promoted or rejected, with its decision and reasons. Promoting the
-same adapter twice registers it once.
+same adapter twice registers it once. A version becomes production (promote's retry, rollback,
+set-production) only after its files are checked against its manifest. `set-production` is the repair
+for a missing, torn or inconsistent aliases.json: the damaged file is kept beside it, never overwritten.
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ def promote(adapter: Path, registry: Registry, policy: PromotionPolicy, *, force
     evaluation = _read_eval(adapter)
     sha = adapter_sha256(adapter)
     with registry.lock():
-        registry.clear_partial()
-        aliases = registry.aliases()  # a corrupt aliases.json stops everything here, before any write
+        aliases = registry.aliases()  # a corrupt or missing aliases.json stops everything here, before any write
+        registry.clear_partial(aliases)
         evaluated_against = (evaluation.get("incumbent") or {}).get("version")
         existing = _registered(registry, sha)
         if existing is not None:
@@ -77,6 +80,7 @@ def promote(adapter: Path, registry: Registry, policy: PromotionPolicy, *, force
                 f"re-run `thumbs evaluate --adapter {adapter} --snapshot ... --registry {registry.url}`")
         decision = decide_promotion(evaluation["candidate"], evaluation.get("incumbent"), policy)
         record = dict(decision.to_dict(), adapter_sha256=sha, source=str(adapter), forced=force and not decision.promote)
+        registry.start_aliases()  # a new registry's, before its first version
         version = registry.add_version(adapter, record)
         fault_point("promote.before_alias")  # registered, not yet production: a retry finishes it
         live = decision.promote or force
@@ -99,9 +103,38 @@ def rollback(registry: Registry, log: Callable[[str], None] = print) -> dict:
         if aliases["previous"] is None:
             raise RegistryError(f"registry {registry.url} ({registry.name}) has no previous production version "
                                 f"to roll back to (production: {aliases['production'] or 'none'})")
+        registry.verify(aliases["previous"])  # a damaged version never becomes production
         new = without_production(aliases)
         registry.write_aliases(new)
     log(f"rollback: production {aliases['production']} -> {new['production']}")
+    return new
+
+
+def set_production(registry: Registry, ref: str, log: Callable[[str], None] = print) -> dict:
+    """Repair: make version `ref` production (after checking its files), or with `ref` 'none' record that no
+    version is. When aliases.json is missing, torn or inconsistent it is written anew (its history restarts
+    here) and the damaged file is kept as aliases.json.damaged-TIME."""
+    with registry.lock():
+        try:
+            aliases = registry.aliases()
+        except RegistryError as err:
+            kept = registry.keep_damaged_aliases()
+            log(f"set-production: {err}".split(". Restore")[0] + (f"; kept as {kept}" if kept else "")
+                + "; writing a new aliases.json")
+            aliases = {"production": None, "previous": None, "history": [], "events": []}
+        if ref == "none":
+            if aliases["production"] is not None:
+                raise RegistryError(f"production is {aliases['production']}: `thumbs rollback` or set-production "
+                                    "VERSION change it; `none` only repairs a registry with no production")
+            registry.write_aliases(aliases)
+            log(f"set-production: registry {registry.url} ({registry.name}) has no production version")
+            return aliases
+        version = registry.resolve(ref)
+        registry.verify(version)
+        new = aliases if aliases["production"] == version else \
+            with_production(aliases, version, "set-production", replaced=aliases["production"])
+        registry.write_aliases(new)
+    log(f"set-production: production is {version}")
     return new
 
 
@@ -115,6 +148,10 @@ def _read_eval(adapter: Path) -> dict:
 
 def _registered(registry: Registry, sha: str) -> Optional[str]:
     for version in reversed(registry.versions()):  # the newest copy, if a damaged one was registered again
-        if (registry.read_json(version, DECISION) or {}).get("adapter_sha256") == sha:
+        try:
+            decision = registry.read_json(version, DECISION) or {}
+        except RegistryError:
+            continue  # a damaged decision.json says nothing to trust; the version itself stays as it is
+        if decision.get("adapter_sha256") == sha:
             return version
     return None

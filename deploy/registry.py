@@ -15,6 +15,15 @@ have no rename (fsspec's `mv` is copy-then-delete, one object at a time), so the
 straight into the version's folder and the manifest marks it complete; locally they go to a hidden
 temp folder renamed into place, so no half-copied folder is ever visible. `history` is the stack of
 versions that served production; rollback pops it.
+
+Nothing read back is trusted blindly, and nothing damaged is "cleaned": every reader of a version
+(checkout, export, rollback, a retried promotion, `registry list`'s integrity column, any JSON file of it)
+checks the files it uses against the version's manifest (size and sha256) first, and a damaged version
+gives one error naming the file and the repair; it is never deleted. aliases.json is written before a
+registry's first version, so a registry holding versions without a readable aliases.json is damaged
+(not new): every command refuses it until `thumbs registry set-production` (or a restored file) repairs
+it. The only copies ever removed are those this writer provably left half-done: a hidden `.tmp-` folder
+locally, and on object stores a version folder named by its `.staging/` marker that never got its manifest.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from common.faults import fault_point
 DECISION = "decision.json"
 ALIASES = "aliases.json"
 MANIFEST = "manifest.json"
+STAGING = ".staging"  # object stores: one marker per version being copied in place, removed after its manifest
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 LOCK_TIMEOUT_S = 120.0
 LEASE_ENV = "THUMBS_REGISTRY_LEASE_S"  # how long a dead writer's remote lease blocks others (renewed while alive)
@@ -82,13 +92,24 @@ class Registry:
         names = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(folder, detail=False)]
         return sorted((n for n in names if VERSION_RE.match(n)), key=lambda n: int(n[1:]))
 
+    def location(self, *parts: str) -> str:
+        """A path of the registry as the user wrote it (URL and name), for messages."""
+        return "/".join((self.url.rstrip("/"), self.name, *parts))
+
+    def repair_hint(self) -> str:
+        return (f"`thumbs registry set-production VERSION --registry {self.url} --name {self.name}` makes a version "
+                "that `thumbs registry list` shows as ok production (VERSION `none`: no production yet)")
+
     def manifest(self, version: str) -> Optional[dict]:
-        """The version's manifest.json, or None when it is missing or unreadable (an interrupted copy)."""
+        """The version's manifest.json, or None when it is missing or unreadable."""
         try:
             manifest = json.loads(self.fs.cat_file(self.path("versions", version, MANIFEST)))
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             return None
-        return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(files, dict) or not all(_plain_name(n) and isinstance(e, dict) for n, e in files.items()):
+            return None
+        return manifest
 
     def complete(self, version: str) -> bool:
         """Its manifest is written and every file it lists is there with its size (one listing, no reads)."""
@@ -97,48 +118,79 @@ class Registry:
             return False
         sizes = {posixpath.basename(e["name"].rstrip("/")): e.get("size")
                  for e in self.fs.ls(self.path("versions", version), detail=True)}
-        return all(sizes.get(name) == entry["size"] for name, entry in manifest["files"].items())
+        return all(sizes.get(name) == entry.get("size") for name, entry in manifest["files"].items())
 
     def verify(self, version: str, folder: Optional[Path] = None) -> dict:
-        """Check every file of `version` (in the registry, or a local copy in `folder`) against the sha256 of
-        its manifest; a version that fails is never served nor made production. Returns the manifest."""
-        manifest = self.manifest(version)
-        where = f"{self.url.rstrip('/')}/{self.name}/versions/{version}"
-        if manifest is None:
-            raise RegistryError(f"{where} has no readable {MANIFEST}: it is an interrupted copy, not a version")
+        """Check every file of `version` (in the registry, or a local copy in `folder`) against the size and
+        sha256 of its manifest; a version that fails is never served nor made production. Returns the manifest."""
+        manifest = self._manifest_or_damage(version)
         for name, entry in manifest["files"].items():
-            if folder is not None:
-                digest = _sha256(open(Path(folder) / name, "rb"))
-            else:
-                digest = _sha256(self.fs.open(self.path("versions", version, name), "rb"))
-            if digest != entry["sha256"]:
-                raise RegistryError(f"{where}/{name} does not match {MANIFEST} (sha256 differs): the version is "
-                                    "damaged and will not be served or made production; restore it from a backup, "
-                                    "or remove its folder and promote the adapter again")
+            self._check_file(version, name, entry, folder)
         return manifest
 
+    def check(self, version: str) -> Optional[str]:
+        """What is wrong with `version` (the error `verify` would raise), or None when every byte is as listed."""
+        try:
+            self.verify(version)
+        except RegistryError as err:
+            return str(err)
+        return None
+
+    def _manifest_or_damage(self, version: str) -> dict:
+        manifest = self.manifest(version)
+        if manifest is None:
+            raise RegistryError(f"{self.location('versions', version, MANIFEST)} is missing or unreadable: "
+                                f"{self._damage(version)}")
+        return manifest
+
+    def _check_file(self, version: str, name: str, entry: dict, folder: Optional[Path] = None) -> bytes:
+        """The file's bytes when `folder` is None and it is small JSON; raises when it does not match."""
+        where = self.location("versions", version, name)
+        try:
+            handle = open(Path(folder) / name, "rb") if folder is not None else \
+                self.fs.open(self.path("versions", version, name), "rb")
+            size, digest, data = _digest(handle, keep=name.endswith(".json"))
+        except FileNotFoundError:
+            raise RegistryError(f"{where} is missing: {self._damage(version)}") from None
+        if size != entry.get("size") or digest != entry.get("sha256"):
+            raise RegistryError(f"{where} does not match {MANIFEST} (size or sha256 differs): {self._damage(version)}")
+        return data
+
+    def _damage(self, version: str) -> str:
+        return (f"version {version} is damaged, so it is not served, exported nor made production (it is kept as "
+                f"it is, never deleted). Restore {self.location('versions', version)} from a backup; or "
+                + self.repair_hint().replace("makes a version", "makes another version", 1))
+
     def aliases(self) -> dict:
-        """aliases.json, validated; an empty registry has no production."""
-        path = self.path(ALIASES)
+        """aliases.json, validated; a new registry (no versions) has no production."""
+        path, where = self.path(ALIASES), self.location(ALIASES)
+        if not self.local:
+            self.fs.invalidate_cache()
         if not self.fs.exists(path):
-            return {"production": None, "previous": None, "history": [], "events": []}
-        where = f"{self.url.rstrip('/')}/{self.name}/{ALIASES}"
+            folders = self._version_folders()
+            if not folders:
+                return {"production": None, "previous": None, "history": [], "events": []}
+            raise RegistryError(f"{where} is missing, but the registry holds versions ({', '.join(folders)}): "
+                                "which one is production is unknown, so nothing was changed. Restore the file "
+                                f"from a backup, or {self.repair_hint()}")
         try:
             aliases = json.loads(self.fs.cat_file(path))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise RegistryError(f"{where} is corrupt ({err}); nothing was changed. Restore it from a backup, or "
-                                "rewrite it from the versions' decision.json files") from err
+            raise RegistryError(f"{where} is corrupt ({err}); nothing was changed. Restore it from a backup, "
+                                f"or {self.repair_hint()}") from err
         history = aliases.get("history") if isinstance(aliases, dict) else None
-        if not isinstance(history, list) or not all(isinstance(v, str) for v in history):
-            raise RegistryError(f"{where} is corrupt (no list of versions under 'history'); nothing was changed")
-        known = set(self.versions())
-        missing = sorted(set(history) - known)
+        if not isinstance(history, list) or not all(isinstance(v, str) for v in history) or \
+                not isinstance(aliases.get("events", []), list):
+            raise RegistryError(f"{where} is corrupt (no list of versions under 'history'); nothing was changed. "
+                                f"Restore it from a backup, or {self.repair_hint()}")
+        missing = sorted(set(history) - set(self._version_folders()))
         if missing:
-            raise RegistryError(f"{where} names versions that are not registered, or whose files no longer match their "
-                                f"{MANIFEST}: {missing}; nothing was changed")
+            raise RegistryError(f"{where} names versions that are not in the registry: {missing}; nothing was "
+                                f"changed. Restore their folders from a backup, or {self.repair_hint()}")
         if aliases.get("production") != (history[-1] if history else None) or \
                 aliases.get("previous") != (history[-2] if len(history) > 1 else None):
-            raise RegistryError(f"{where} is inconsistent: production/previous do not match the history")
+            raise RegistryError(f"{where} is inconsistent: production/previous do not match the history; nothing "
+                                f"was changed. Restore it from a backup, or {self.repair_hint()}")
         aliases.setdefault("events", [])
         return aliases
 
@@ -149,14 +201,15 @@ class Registry:
             if version is None:
                 raise RegistryError(f"registry {self.url} ({self.name}) has no {ref} version yet")
             return version
-        if ref not in self.versions():
+        if ref not in self._version_folders():  # a damaged version resolves: its reader says what is wrong
             raise RegistryError(f"version {ref!r} is not in registry {self.url} ({self.name}); "
                                 f"registered: {', '.join(self.versions()) or 'none'}")
         return ref
 
     def read_json(self, version: str, name: str) -> Optional[dict]:
-        path = self.path("versions", version, name)
-        return json.loads(self.fs.cat_file(path)) if self.fs.exists(path) else None
+        """A JSON file of the version, checked against its manifest first; None when the version has none."""
+        entry = self._manifest_or_damage(version)["files"].get(name)
+        return None if entry is None else json.loads(self._check_file(version, name, entry))
 
     @contextlib.contextmanager
     def checkout(self, version: str, scratch: Path) -> Iterator[Path]:
@@ -172,13 +225,17 @@ class Registry:
         yield target
 
     def listing(self) -> List[dict]:
-        """One row per version: date, snapshot, key metrics, decision and status."""
+        """One row per version folder: date, snapshot, key metrics, decision, status and integrity ("ok", or
+        what is damaged: every file is checked against the manifest)."""
         aliases = self.aliases()
         rolled_back = {e["version"] for e in aliases["events"] if e.get("action") == "rollback"}
+        staged = set(self._staged())
         rows = []
-        for version in self.versions():
-            decision = self.read_json(version, DECISION) or {}
-            candidate = (self.read_json(version, "eval.json") or {}).get("candidate") or {}
+        for version in self._version_folders():
+            problem = "a copy in progress, or interrupted (the next promote removes it)" if version in staged \
+                else self.check(version)
+            decision = self.read_json(version, DECISION) or {} if problem is None else {}
+            candidate = ((self.read_json(version, "eval.json") or {}) if problem is None else {}).get("candidate") or {}
             if version == aliases["production"]:
                 status = "production"
             elif version == aliases["previous"]:
@@ -188,9 +245,11 @@ class Registry:
             elif decision.get("promote") or decision.get("forced"):
                 status = "retired" if version in _ever_live(aliases) else "approved, not live"
             else:
-                status = "rejected"
+                status = "rejected" if problem is None else "unknown (damaged)"
             rows.append({"version": version, "registered_at": decision.get("registered_at"),
                          "snapshot_id": candidate.get("snapshot_id"), "status": status,
+                         "integrity": "ok" if problem is None else "copying" if version in staged else "damaged",
+                         "problem": problem,
                          "auc": (candidate.get("preference") or {}).get("auc"),
                          "kl_per_token": (candidate.get("drift") or {}).get("kl_per_token"),
                          "reasons": decision.get("reasons", [])})
@@ -300,6 +359,8 @@ class Registry:
         # Locally: a hidden temp folder renamed into place. Object stores: no rename to trust, so in place,
         # where the manifest written last is what makes the version exist.
         target = self.path("versions", f".tmp-{version}-{uuid.uuid4().hex[:8]}") if self.local else final
+        if not self.local:  # the proof that a half-written `version` is this writer's, for clear_partial
+            self.fs.pipe_file(self.path(STAGING, version), _lease(0))
         self.fs.makedirs(target, exist_ok=True)
         entries = {}
         for path in sorted(Path(files).iterdir()):
@@ -314,13 +375,24 @@ class Registry:
         self.fs.pipe_file(posixpath.join(target, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())
         if self.local:
             os.replace(target, final)
+        else:
+            self.fs.rm_file(self.path(STAGING, version))
         return version
 
     def write_aliases(self, aliases: dict) -> None:
         if not self.still_holds_lock():
             raise RegistryError(f"registry {self.url} ({self.name}): this writer's lease expired and another took "
                                 "it; production was not changed. Run the command again")
-        data = json.dumps(aliases, indent=2).encode()
+        self._put_aliases(json.dumps(aliases, indent=2).encode())
+
+    def start_aliases(self) -> None:
+        """A new registry's aliases.json (no production), written before its first version: from then on a
+        registry holding versions without a readable aliases.json is known to be damaged, not new."""
+        if not self.fs.exists(self.path(ALIASES)):
+            self._put_aliases(json.dumps({"production": None, "previous": None, "history": [], "events": []},
+                                         indent=2).encode())
+
+    def _put_aliases(self, data: bytes) -> None:
         if self.local:
             tmp = self.path(f".{ALIASES}.{os.getpid()}.tmp")
             with open(tmp, "wb") as f:
@@ -331,14 +403,41 @@ class Registry:
         else:
             self.fs.pipe_file(self.path(ALIASES), data)  # one PUT: readers see the old or the new object
 
-    def clear_partial(self) -> None:
-        """Copies left by a writer that died mid-copy: temp folders, and version folders with no manifest."""
-        folder = self.path("versions")
-        if self.fs.exists(folder):
-            for path in self.fs.ls(folder, detail=False):
-                name = posixpath.basename(path.rstrip("/"))
-                if name.startswith(".tmp-") or (VERSION_RE.match(name) and self.manifest(name) is None):
+    def keep_damaged_aliases(self) -> Optional[str]:
+        """Before set-production rewrites a damaged aliases.json: a copy of it beside it (evidence, and what a
+        person may rebuild the history from). Returns its location, None when there is no file."""
+        path = self.path(ALIASES)
+        if not self.fs.exists(path):
+            return None
+        name = f"{ALIASES}.damaged-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.fs.pipe_file(self.path(name), self.fs.cat_file(path))
+        return self.location(name)
+
+    def clear_partial(self, aliases: dict) -> None:
+        """Remove the copies a writer of this registry provably left half-done (callers hold the lock):
+        locally its hidden `.tmp-` folders (a version folder only ever appears by a rename); on object stores
+        a version folder its `.staging/` marker names that never got its manifest, unless `aliases` names it.
+        A version folder that is damaged but carries no such proof is reported by its readers, never removed."""
+        if self.local:
+            folder = self.path("versions")
+            for path in self.fs.ls(folder, detail=False) if self.fs.exists(folder) else []:
+                if posixpath.basename(path.rstrip("/")).startswith(".tmp-v"):
                     self.fs.rm(path, recursive=True)
+            return
+        for version in self._staged():
+            folder = self.path("versions", version)
+            if version not in aliases["history"] and not self.fs.exists(posixpath.join(folder, MANIFEST)) \
+                    and self.fs.exists(folder):
+                self.fs.rm(folder, recursive=True)
+            self.fs.rm_file(self.path(STAGING, version))
+
+    def _staged(self) -> List[str]:
+        """Versions a writer began copying in place on an object store and has not finished (their markers)."""
+        folder = self.path(STAGING)
+        if self.local or not self.fs.exists(folder):
+            return []
+        names = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(folder, detail=False)]
+        return sorted(n for n in names if VERSION_RE.match(n))
 
 
 def with_production(aliases: dict, version: str, action: str, **detail) -> dict:
@@ -356,7 +455,7 @@ def without_production(aliases: dict) -> dict:
 
 
 def _ever_live(aliases: dict) -> set:
-    return {e["version"] for e in aliases["events"] if e.get("action") in ("promote", "force")}
+    return {e["version"] for e in aliases["events"] if e.get("action") in ("promote", "force", "set-production")}
 
 
 def _protocols(fs) -> tuple:
@@ -370,8 +469,21 @@ def _lease(seconds: float) -> bytes:
 
 
 def _sha256(handle) -> str:
-    digest = hashlib.sha256()
+    return _digest(handle)[1]
+
+
+def _digest(handle, keep: bool = False) -> tuple:
+    """(size, sha256, the bytes when `keep` else b"") of an open binary file, read in blocks; closes it."""
+    digest, size, kept = hashlib.sha256(), 0, []
     with handle:
         for block in iter(lambda: handle.read(1 << 24), b""):
             digest.update(block)
-    return digest.hexdigest()
+            size += len(block)
+            if keep:
+                kept.append(block)
+    return size, digest.hexdigest(), b"".join(kept)
+
+
+def _plain_name(name) -> bool:
+    """A manifest entry names a file of the version's own folder, never a path out of it."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name

@@ -6,12 +6,15 @@
 The server runs with `--enable-lora --max-lora-rank R` and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
 (deploy/vllm_server.py); clients send `"model": "thumbs"` (the alias). A swap to version V:
 
-1. the export is copied to `<out>.versions/V/`: vLLM re-reads an adapter's folder whenever it drops
-   it from its cache, so every name it serves needs a folder that never changes under it;
+1. the export is copied to `<out>.versions/V/` and checked against the sizes and sha256 its
+   serving.json lists: vLLM re-reads an adapter's folder whenever it drops it from its cache, so every
+   name it serves needs a folder that never changes under it (mode as a plain mkdir gives, so a server
+   running as another user reads it);
 2. `/v1/load_lora_adapter` loads it as `thumbs-V`, and a completion checks that name answers;
 3. the alias is re-pointed at the same folder (`load_inplace`: vLLM loads the new weights before it
    drops the old, so no request finds the alias missing), and /v1/models and a completion check it;
-4. only then is the previous `thumbs-vNNNN` unloaded and its folder deleted.
+4. only then is the previous `thumbs-vNNNN` unloaded and its folder deleted (only folders named like
+   versions or this module's staging folders: nothing else in `<out>.versions/` is touched).
 
 A failure in 2 or 3 undoes what was done (the alias back on its old folder, `thumbs-V` unloaded), so
 the server keeps serving the previous version, and the `ServingError` says which that is. Rollback is
@@ -26,17 +29,19 @@ adapter (an open upstream bug); the checks here send adapter requests only.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable, Optional
 
 PROBE = {"prompt": "Hello", "max_tokens": 4, "temperature": 0.0, "ignore_eos": True}
+STAGED = ("adapter_config.json", "adapter_model.safetensors", "serving.json")
+STAGED_RE = re.compile(r"^\.?v\d+(\.tmp-[0-9a-f]+)?$")  # the folders _stage writes in <out>.versions/
 
 
 class ServingError(RuntimeError):
@@ -178,8 +183,8 @@ def _retire(client: Client, loaded: dict, alias: str, keep: str, root: Path, fol
         client.unload(other)
         retired.append(other)
     in_use = set(client.adapters().values())
-    for stale in root.iterdir():
-        if stale.is_dir() and stale != folder and str(stale) not in in_use:
+    for stale in root.iterdir():  # only what _stage writes: vNNNN and its staging folders
+        if stale.is_dir() and STAGED_RE.match(stale.name) and stale != folder and str(stale) not in in_use:
             shutil.rmtree(stale, ignore_errors=True)
     return retired
 
@@ -210,29 +215,54 @@ def _read_serving(export_dir: Path) -> dict:
     path = export_dir / "serving.json"
     if not path.is_file():
         raise ServingError(f"{path} not found: `thumbs export ... --format peft --out {export_dir}` first")
-    serving = json.loads(path.read_text())
-    if serving.get("format") != "peft":
-        raise ServingError(f"{export_dir} holds a {serving.get('format')} export; the server hot-swaps LoRA "
+    try:
+        serving = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ServingError(f"{path} is unreadable ({err}): export again (`thumbs export ... --out {export_dir}`)") \
+            from err
+    kind = serving.get("format") if isinstance(serving, dict) else "unreadable"
+    if kind != "peft":
+        raise ServingError(f"{export_dir} holds a {kind} export; the server hot-swaps LoRA "
                            "adapters: export --format peft (a merged model is served by starting vLLM on it)")
     return serving
 
 
 def _stage(export_dir: Path, folder: Path, serving: dict) -> Path:
-    """Step 1: the export copied to a folder of its own, written under a temp name and renamed."""
+    """Step 1: the export copied to a folder of its own, written under a temp name, checked, and renamed."""
     existing = folder / "serving.json"
-    if existing.is_file() and json.loads(existing.read_text()) == serving:
+    if existing.is_file() and json.loads(existing.read_text()) == serving and _mismatch(folder, serving) is None:
         return folder
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    staging = folder.with_name(f".{folder.name}.tmp-{os.urandom(4).hex()}")
+    staging.mkdir()  # a plain mkdir's mode (umask), not mkdtemp's 0700: the server may run as another user
     try:
-        for name in ("adapter_config.json", "adapter_model.safetensors", "serving.json"):
+        for name in STAGED:
             shutil.copyfile(export_dir / name, staging / name)
+        problem = _mismatch(staging, serving)
+        if problem is not None:
+            raise ServingError(f"{export_dir}: {problem}; export it again (`thumbs export ... --out {export_dir}`)")
         if folder.exists():
-            shutil.rmtree(folder)
+            shutil.rmtree(folder)  # a vNNNN folder an earlier publish staged, no longer as serving.json says
         os.replace(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def _mismatch(folder: Path, serving: dict) -> Optional[str]:
+    """Which staged file differs from the size and sha256 serving.json lists (exports that list none pass)."""
+    files = serving.get("files")
+    for name in STAGED[:2] if isinstance(files, dict) else ():
+        path, entry = folder / name, files.get(name) or {}
+        if not path.is_file():
+            return f"{name} is missing"
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+        if (path.stat().st_size, digest.hexdigest()) != (entry.get("size"), entry.get("sha256")):
+            return f"{name} does not match serving.json (size or sha256 differs)"
+    return None
 
 
 class _locked:

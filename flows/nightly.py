@@ -139,7 +139,8 @@ def export_production(params: RetrainParams) -> Optional[dict]:
     if not holds(current, registry, production, params.export_format):  # else: exported already
         try:
             exported = export(registry, "production", params.export_format, out, base_model=params.base_model,
-                              max_lora_rank=params.max_lora_rank, for_vllm=bool(params.notify), log=_log())
+                              max_lora_rank=params.max_lora_rank, for_vllm=bool(params.notify),
+                              protect=[params.path(p) for p in ("lake", "snapshots", "runs")], log=_log())
         except Exception as err:
             raise RuntimeError(f"{err}; production is {production} in the registry but {out} still holds "
                                f"{current.get('version') or 'nothing'}: the next run exports it again, or run "

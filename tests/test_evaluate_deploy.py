@@ -2,7 +2,9 @@
 
 The feedback (conftest `style_snapshot`) has a learnable taste: polite answers up, curt answers down,
 on real HH-RLHF questions, with 20% of the prompts held out. An adapter trained on it must rank the
-held-out thumbs-up above the thumbs-down; an adapter trained with learning rate 0 is the untrained one.
+held-out thumbs-up above the thumbs-down; the untrained adapter is a trained run whose LoRA B matrices are set back
+to their initial zeros (the adapter is then exactly the base: a learning rate of 0, which would do the same, is
+refused by the config).
 """
 
 from __future__ import annotations
@@ -49,10 +51,25 @@ def quick(**fields) -> TrainConfig:
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory, style_snapshot, tiny_model) -> dict:
     root = tmp_path_factory.mktemp("adapters")
-    runs = {"trained": quick(), "untrained": quick(learning_rate=0.0, max_steps=2), "trained2": quick(seed=7)}
+    runs = {"trained": quick(), "untrained": quick(max_steps=2), "trained2": quick(seed=7)}
     for name, config in runs.items():
         train(style_snapshot, str(tiny_model), root / name, config, log=lambda s: None)
+    untrain(root / "untrained")
     return {name: root / name for name in runs}
+
+
+def untrain(run: Path) -> None:
+    """LoRA's B matrices back to zero, as peft initialises them, and the run folder sealed again."""
+    from safetensors.torch import load_file, save_file
+
+    from training.run_folder import read_meta, write_meta
+
+    meta = read_meta(run)
+    weights = load_file(run / "adapter_model.safetensors")
+    assert any("lora_B" in name for name in weights)
+    save_file({name: torch.zeros_like(w) if "lora_B" in name else w for name, w in weights.items()},
+              run / "adapter_model.safetensors")
+    write_meta(run, {k: v for k, v in meta.items() if k not in ("files", "sha256")}, list(meta["files"]))
 
 
 def fresh_copy(adapter: Path, tmp_path: Path) -> Path:
@@ -140,7 +157,9 @@ def test_peft_export_loads_with_peft_and_is_what_vllm_accepts(registry, tiny_mod
     thumbs("export", "production", "--registry", registry, "--format", "peft", "--out", out)
     thumbs("export", "production", "--registry", registry, "--format", "peft", "--out", out)  # a re-run replaces it
     assert {p.name for p in out.iterdir()} == PEFT_FILES
-    assert [p.name for p in out.parent.iterdir()] == ["lora"]  # no temp folders left behind
+    # no staging left behind; the export the re-run replaced is kept beside it, whole (rollback-friendly)
+    assert sorted(p.name for p in out.parent.iterdir()) == [".lora.previous", "lora"]
+    assert {p.name for p in (out.parent / ".lora.previous").iterdir()} == PEFT_FILES
 
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 16 and config["lora_alpha"] == 32
@@ -229,7 +248,6 @@ def test_two_writers_cannot_both_take_production_and_a_crash_leaves_it_alone(ada
         evaluate(adapter, style_snapshot, config=config, log=lambda s: None)  # both judged against no production
     registry = Registry(tmp_path / "registry")
     registry.fs.makedirs(registry.path("versions", ".tmp-v0001-dead"), exist_ok=True)  # a writer that died mid-copy
-    registry.fs.makedirs(registry.path("versions", "v0009"), exist_ok=True)  # a copy without decision.json
     outcomes, start = [], threading.Barrier(2)
 
     def writer(adapter):
