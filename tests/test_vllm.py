@@ -183,10 +183,15 @@ def test_the_export_refuses_what_vllm_refuses_and_says_which(runs, tiny_llama, v
 
 
 def _as_run(run: Path, adapter: Path, out: Path) -> Path:
-    """A thumbs run folder (metadata, tokenizer) holding another adapter's weights and config."""
+    """A thumbs run folder (metadata, tokenizer) holding another adapter's weights and config, sealed again (a run
+    folder carries the sizes and sha256 of its files, and readers check them)."""
+    from training.run_folder import read_meta, write_meta
+
     shutil.copytree(run, out)
+    meta = read_meta(out)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copyfile(adapter / name, out / name)
+    write_meta(out, {k: v for k, v in meta.items() if k not in ("files", "sha256")}, list(meta["files"]))
     return out
 
 
