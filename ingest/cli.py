@@ -35,6 +35,10 @@ def ingest_command(
     down_values: Optional[str] = typer.Option(None, "--down-values", help="Comma-separated values meaning down."),
     openai_metadata_key: str = typer.Option("thumbs", "--openai-metadata-key",
                                             help="--format openai: the metadata key holding the thumbs."),
+    force: bool = typer.Option(False, "--force", help="Ingest sources again even if already ingested, replacing "
+                               "their lake files: the repair a damaged or missing lake file asks for."),
+    allow_new_key: bool = typer.Option(False, "--allow-new-key", help="Add sources under a pseudonym key other "
+                                       "than the lake's sources' (a key rotated on purpose)."),
 ) -> None:
     """Validate feedback logs into the Parquet lake; bad rows go to LAKE/quarantine with a reason."""
     from ingest.formats.options import DOWN_VALUES, UP_VALUES, FormatOptions
@@ -47,10 +51,11 @@ def ingest_command(
                                 up_values=values(up_values, UP_VALUES), down_values=values(down_values, DOWN_VALUES),
                                 openai_metadata_key=openai_metadata_key)
         config = IngestConfig(format=format, max_text_chars=max_text_chars, scrub_pii=scrub_pii,
-                              insecure_dev_key=insecure_dev_key, formats=options,
+                              insecure_dev_key=insecure_dev_key, formats=options, force=force,
+                              allow_new_key=allow_new_key,
                               default_timestamp=parse_timestamp(timestamp) if timestamp else None)
         summary = ingest(sources, lake, config, progress=not quiet and not json_out)
-    except (ValueError, MissingKeyError, BadRow) as err:
+    except (ValueError, MissingKeyError, BadRow) as err:  # ValueError includes a damaged lake (LakeError)
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
     except DiskFull as err:  # sources finished before it stay ingested; the one being written left nothing
@@ -135,8 +140,14 @@ def _verify_command(snapshot: str) -> None:
     for problem in problems:
         typer.echo(f"mismatch: {problem}", err=True)
     if problems:
+        if is_remote(snapshot):
+            advice = "curate it again (curate publishes a snapshot whole, under the same id)"
+        else:
+            from ingest.snapshot import repair_advice
+
+            advice = repair_advice(Path(snapshot), None)  # the window and config from manifest.json
         typer.echo(f"error: snapshot {snapshot} does not match its manifest and stats ({len(problems)} "
-                   "difference(s)); curate it again into a fresh --out", err=True)
+                   f"difference(s)); {advice}", err=True)
         raise typer.Exit(1)
     typer.echo(f"curate: snapshot {snapshot} verified: every file matches manifest.json and stats.json")
 

@@ -17,7 +17,10 @@ PortableRunner (job service + external worker pool, the protocol Flink, Spark an
 
 Whatever the runner, nothing is published unverified: before the rename, the files written are
 re-read and checked against the counts (`ingest/manifest.py`); a mismatch stops the run, names the
-runner and the difference, and leaves nothing under `--out`.
+runner and the difference, and leaves nothing under `--out`. A snapshot is built in a hidden work
+folder `OUT/.SID.PID.RANDOM/SID/` beside an owner file; a curate that dies leaves that folder, and the
+next curate into OUT removes it once the owner's process is gone. A published snapshot whose proof
+fails (`ingest/snapshot.py`) is moved aside to `OUT/.damaged-SID-TIME/` (kept) and built again.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
+import time
 import warnings
 from datetime import date
 from pathlib import Path
@@ -44,12 +50,15 @@ from ingest.balance import class_weights
 from common.faults import as_disk_full, fault_point, one_error_for_disk_full
 from ingest.curation import CURATED_SCHEMA, CurateConfig, add_keys, resolve, split_by_bucket, sum_counts
 from ingest.lake import FEEDBACK_DIR, committed
-from ingest.manifest import check_stats, describe_files, write_manifest
+from ingest.manifest import check_stats
 from ingest.schema import FEEDBACK_SCHEMA
 from ingest.vote_caps import with_user_caps
 
 SNAPSHOT_VERSION = 1
 DEFAULT_RUNNER = "FnApiRunner"
+WORK_OWNER = "owner.json"  # in each work folder: the pid and host of the curate writing it
+ABANDONED_AFTER_S = 3 * 24 * 3600  # a work folder from another host is taken as abandoned after this long
+_WORK_NAME = re.compile(r"\.[0-9a-f]{16}\.[0-9]+\.[a-z0-9_]{8}")  # .SNAPSHOT_ID.PID.RANDOM (mkdtemp's 8)
 
 
 class CurateError(RuntimeError):
@@ -144,15 +153,23 @@ class Curate(beam.PTransform):
 
 
 def partition_files(lake: str | Path, since: date | None, until: date | None) -> list[Path]:
-    """The lake's Parquet files whose date partition lies in [since, until], sorted."""
+    """The lake's Parquet files whose date partition lies in [since, until], sorted: only files a source's
+    record lists, each checked against it, all of one pseudonym key (CurateError naming the file or keys)."""
+    from ingest.lake import LakeError, check_one_key
+
     root = Path(lake) / FEEDBACK_DIR
     if not root.is_dir():
         raise CurateError(f"no lake at {lake}: {root} does not exist (run `thumbs ingest` first)")
-    files = []
-    for part in sorted(root.glob("date=*")):
-        day = date.fromisoformat(part.name.split("=", 1)[1])
-        if (since is None or day >= since) and (until is None or day <= until):
-            files.extend(committed(sorted(part.glob("*.parquet")), lake))  # sources whose ingest finished
+
+    def in_window(rel: str) -> bool:  # feedback/date=YYYY-MM-DD/<file>
+        day = date.fromisoformat(rel.split("/")[1].split("=", 1)[1])
+        return (since is None or day >= since) and (until is None or day <= until)
+
+    try:
+        files = committed(lake, FEEDBACK_DIR, in_window)
+        check_one_key(lake, files)
+    except LakeError as err:
+        raise CurateError(str(err)) from None
     return files
 
 
@@ -185,6 +202,7 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
            writer: Callable[[str], beam.PTransform] = parquet_writer) -> dict:
     """Build (or find) the snapshot for this lake, window and config; returns its stats with `path`.
 
+    A published snapshot whose proof fails (ingest/snapshot.py) is moved aside, kept, and built again.
     Raises CurateError, publishing nothing, when the files written disagree with the counts."""
     config = config or CurateConfig()
     if remote.is_remote(lake):
@@ -197,8 +215,11 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
         raise CurateError(f"no feedback in {lake} between {since or 'the start'} and {until or 'the end'}")
     sid = snapshot_id(files, lake, config, since, until)
     final = out / sid
-    if layout.is_published(final):  # a finished snapshot is never rewritten
-        return {**layout.read_stats(final), "path": str(final), "reused": True}
+    for stale in remove_abandoned_work(out) if out.is_dir() else ():
+        print(f"curate: removed {stale}, left by a curate that did not finish", file=sys.stderr, flush=True)
+    published = _published_or_set_aside(final)
+    if published is not None:  # a finished snapshot is never rewritten
+        return {**published, "path": str(final), "reused": True}
 
     config = with_user_caps(config, files)  # per-user totals span buckets: counted once, before the job
     n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
@@ -206,27 +227,110 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
     print(f"curate: {n_rows:,} events in {len(files)} file(s) -> snapshot {sid}, on Beam's {runner}",
           file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{sid}.", dir=out))
+    building = None
     try:
+        building = _start_work(out, sid)
         with one_error_for_disk_full(), beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
-            _ = pipeline | Curate([str(f) for f in files], str(work), config, writer)
-        stats = _stats(sid, _read_counts(work, runner), config, since, until, files, lake)
-        _prove(work, stats, runner, n_rows)
-        layout.write_stats(work, stats)  # last: its presence marks the snapshot done
+            _ = pipeline | Curate([str(f) for f in files], str(building), config, writer)
+        stats = _stats(sid, _read_counts(building, runner), config, since, until, files, lake)
+        entries = _prove(building, stats, runner, n_rows)
+        layout.write_stats(building, stats, entries, runner=runner, events_in=n_rows)  # last: seals, marks done
         fault_point("curate.mid_snapshot")  # every file written, the snapshot not yet renamed into place
-        try:
-            os.rename(work, final)
-        except OSError:
-            if not layout.is_published(final):
-                raise
-            shutil.rmtree(work)  # another run finished the same snapshot first: it is identical
+        _publish(building, final)
     except BaseException as err:
-        shutil.rmtree(work, ignore_errors=True)
+        if building is not None:
+            shutil.rmtree(building.parent, ignore_errors=True)
         full = as_disk_full(out, err)
         if full is not None:
             raise full from err
         raise
+    shutil.rmtree(building.parent, ignore_errors=True)  # the work folder, now holding only its owner file
     return {**stats, "path": str(final), "reused": False}
+
+
+def _start_work(out: Path, sid: str) -> Path:
+    """A hidden work folder `.SID.PID.RANDOM` holding its owner file and SID/, the snapshot being built.
+
+    SID/ is made by a plain mkdir, so the published folder gets the mode any folder gets here (0755 under
+    umask 022; mkdtemp's 0700 would hide it from a vLLM server or GPU worker running as another user)."""
+    work = Path(tempfile.mkdtemp(prefix=f".{sid}.{os.getpid()}.", dir=out))
+    try:
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        (work / WORK_OWNER).write_text(json.dumps(owner) + "\n")
+        (work / sid).mkdir()
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return work / sid
+
+
+def remove_abandoned_work(out: Path) -> list[Path]:
+    """Remove the work folders of curates that died (SIGKILL, power loss); returns them.
+
+    Only folders that are provably a curate's: the name `.SID.PID.RANDOM` and a readable owner file; and
+    only when the process that wrote it is gone (this host) or it is older than ABANDONED_AFTER_S
+    (another host sharing the folder). Anything else, hidden or not, is never touched."""
+    removed = []
+    for entry in sorted(out.iterdir()):
+        if _WORK_NAME.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink() and _abandoned(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _abandoned(work: Path) -> bool:
+    try:
+        owner = json.loads((work / WORK_OWNER).read_text())
+        age = time.time() - (work / WORK_OWNER).stat().st_mtime
+    except (OSError, ValueError):
+        return False  # no readable owner file: not provably ours
+    if not isinstance(owner, dict):
+        return False
+    pid = owner.get("pid")
+    if owner.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0:
+        return not _running(pid)
+    return age > ABANDONED_AFTER_S
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _published_or_set_aside(final: Path) -> dict | None:
+    """The stats of the whole snapshot at `final`; None when there is none, or it was damaged: then it is
+    moved aside (renamed, never deleted: it is evidence) to be built again."""
+    if not final.exists():
+        return None
+    try:
+        return layout.check(final)
+    except layout.SnapshotError:
+        _, problems = layout.audit(final)
+    try:
+        aside = layout.set_aside(final)
+    except FileNotFoundError:  # another curate of the same id moved it first
+        return None
+    print(f"curate: snapshot {final} is damaged ({final}/{problems[0]}): moved aside to {aside}, kept as "
+          "evidence; building it again", file=sys.stderr, flush=True)
+    return None
+
+
+def _publish(building: Path, final: Path) -> None:
+    """Rename the finished folder into place; another run's identical snapshot there wins."""
+    try:
+        os.rename(building, final)
+    except OSError:
+        if layout.is_published(final):
+            return  # another run finished the same snapshot first: it is identical
+        if not final.exists():
+            raise
+        _published_or_set_aside(final)  # damaged after this run looked: set it aside as well
+        os.rename(building, final)
 
 
 def _curate_to_store(lake: Path, url: str, since, until, config: CurateConfig, beam_args, writer) -> dict:
@@ -253,9 +357,9 @@ def _read_counts(work: Path, runner: str) -> dict:
     return counts
 
 
-def _prove(work: Path, stats: dict, runner: str, n_rows: int) -> None:
+def _prove(work: Path, stats: dict, runner: str, n_rows: int) -> list[dict]:
     """Re-read what the pipeline wrote; refuse to publish if it is not what the counts say."""
-    entries, stray = describe_files(work)
+    entries, stray = layout.describe_files(work)
     problems = [f"unexpected entry {name} left in the snapshot" for name in stray]
     problems += check_stats(stats, entries, events_in=n_rows)
     if problems:
@@ -264,7 +368,7 @@ def _prove(work: Path, stats: dict, runner: str, n_rows: int) -> None:
             f"with the counts it computed ({'; '.join(problems)}). Nothing was published. The runner or sink "
             "lost or added data: run with the default runner (FnApiRunner) or one README's curate section lists "
             "as tested, and report the runner.")
-    write_manifest(work, stats["snapshot_id"], runner, entries, n_rows)
+    return entries
 
 
 def _stats(sid: str, counts: dict, config: CurateConfig, since, until, files: list[Path], lake: Path) -> dict:

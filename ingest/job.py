@@ -4,22 +4,32 @@
     summary = ingest(["logs/2026-11-20.jsonl.gz"], "lake/", IngestConfig(insecure_dev_key=True))
     print(summary.render())
 
-A source already ingested (same sha256 of its bytes) is skipped. A source that cannot be read at all
-is reported as an error and the others go on; bad rows never stop a source.
+A source already ingested (same sha256 of its bytes) is skipped; `force=True` ingests it again and
+replaces its files (the repair for a damaged or missing lake file). Each source is claimed while it is
+written (ingest/lake.py): two runs of one source take turns. A source that cannot be read at all is
+reported as an error and the others go on; bad rows never stop a source, and memory does not grow with
+how many there are (blocks are parsed, and their quarantine written, `BATCH_LINES` lines at a time).
+Every source is pseudonymised under one key per lake: a run under another key is refused unless
+`allow_new_key` says the rotation is meant.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
+from common.configfile import config
 from ingest import arrow_path, lake as lake_files, remote
 from ingest.formats.options import FormatOptions
 from ingest.privacy import Pseudonymizer, resolve_key, scrub_text
@@ -28,20 +38,19 @@ from ingest.records import FORMATS, FOREIGN_FORMATS, BadRow, RowContext, line_to
 from ingest.schema import FEEDBACK_SCHEMA, QUARANTINE_SCHEMA, Reason
 from ingest.sources import Block, SourceError, read_blocks, sha256_of
 
-# A user id is an identity even inside a line we cannot parse: it is pseudonymised in quarantine too.
-_RAW_USER_ID = re.compile(rb'("user_id"\s*:\s*)("(?:[^"\\]|\\.)*"|-?\d+)')
+BATCH_LINES = 10_000  # lines parsed (and their bad rows quarantined) at a time: memory stays flat under a flood
 
 
-@dataclass
+@config
 class IngestConfig:
-    format: str = "events"
+    format: Literal[FORMATS] = "events"
     """Source format: `events` (the thumbs contract), `pairs` ({prompt, chosen, rejected}), `hh`, or one of
     the tools' formats read by ingest/formats/ (`trl-kto`, `langfuse`, `langsmith`, `otel-genai`, `openai`)."""
-    max_text_chars: int = 1_000_000
+    max_text_chars: int = Field(1_000_000, ge=1)
     """A prompt message, completion or id longer than this goes to quarantine (text_too_long)."""
     scrub_pii: bool = False
     """Mask e-mail addresses and phone numbers in prompts and completions."""
-    pseudonym_key: str | None = None
+    pseudonym_key: str | None = field(default=None, repr=False)
     """HMAC key for user ids; THUMBS_PSEUDONYM_KEY wins over it. Never logged."""
     insecure_dev_key: bool = False
     """Allow the public dev key when no key is set (demos and tests only)."""
@@ -50,15 +59,12 @@ class IngestConfig:
     vectorized: bool = True
     """Parse `events` sources with Arrow first; False forces the per-line path (for tests)."""
     formats: FormatOptions = field(default_factory=FormatOptions)
-    """For the foreign formats (ingest/formats/): the score name and which values are up or down."""
-
-    def __post_init__(self):
-        if isinstance(self.formats, dict):  # from a YAML mapping
-            self.formats = FormatOptions(**self.formats)
-        if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
-        if self.max_text_chars < 1:
-            raise ValueError("max_text_chars must be at least 1")
+    """For the foreign formats (ingest/formats/): the score name and which values are up or down (a YAML
+    mapping of its fields is read into one)."""
+    force: bool = False
+    """Ingest sources again even if recorded, replacing their files: repairs a damaged lake file or record."""
+    allow_new_key: bool = False
+    """Add sources under a pseudonym key other than the lake's sources' (a rotation on purpose)."""
 
     @property
     def max_line_bytes(self) -> int:
@@ -167,22 +173,32 @@ def ingest(sources: list[str | os.PathLike], lake: str | os.PathLike, config: In
     config = config or IngestConfig()
     if remote.is_remote(lake):  # an object store: through a local mirror, commit records uploaded last
         return remote.ingest(sources, str(lake), config, progress)
+    lake = Path(lake)
+    key = resolve_key(config.pseudonym_key, config.insecure_dev_key)
+    fingerprint = lake_files.key_fingerprint(key)
+    shas = {}
+    for source in sources:
+        with contextlib.suppress(SourceError):  # reported where the source's turn comes
+            shas[str(source)] = sha256_of(str(source))
+    lake_files.check_key(lake, fingerprint, config.allow_new_key, replacing=shas.values() if config.force else ())
     if config.format in FOREIGN_FORMATS:  # joins across sources: ingest/formats/run.py drives the run
         from ingest.formats.run import ingest_run
-        return ingest_run(sources, lake, config, progress)
-    lake = Path(lake)
-    pseudonymize = Pseudonymizer(resolve_key(config.pseudonym_key, config.insecure_dev_key))
+        with lake_files.claims(lake, shas.values(), fingerprint, config.force):  # the run commits them together
+            return ingest_run(sources, lake, replace(config, pseudonym_key=key.decode("utf-8")), progress)
+    pseudonymize = Pseudonymizer(key)
     start = time.monotonic()
-    summaries = []
+    summaries, done = [], set()
     for source in sources:
         summary = SourceSummary(source=Path(source).name)
         t0 = time.monotonic()
         try:
-            summary.sha256 = sha256_of(str(source))
-            if lake_files.ingested_record(lake, summary.sha256) is not None:
-                summary.status = "skipped"
-            else:
-                _ingest_source(Path(source), lake, config, pseudonymize, summary, progress)
+            summary.sha256 = shas.get(str(source)) or sha256_of(str(source))
+            with lake_files.claim(lake, summary.sha256, fingerprint, config.force and summary.sha256 not in done):
+                if lake_files.ingested_record(lake, summary.sha256) is not None:
+                    summary.status = "skipped"
+                else:
+                    _ingest_source(Path(source), lake, config, pseudonymize, summary, progress)
+                    done.add(summary.sha256)
         except SourceError as err:
             summary.status, summary.error = "error", str(err)
         summary.seconds = round(time.monotonic() - t0, 3)
@@ -204,24 +220,15 @@ def _ingest_source(path: Path, lake: Path, config: IngestConfig, pseudonymize: P
         for item in read_blocks(str(path), config.max_line_bytes,
                                 progress=meter and (lambda pos: meter.update(pos, summary.accepted))):
             if isinstance(item, Block):
-                rows, bad = _parse(item, config, ctx, pseudonymize, summary)
-                summary.lines += item.n_lines
+                for block in item.split(BATCH_LINES):
+                    rows, bad = _parse(block, config, ctx, pseudonymize, summary)
+                    summary.lines += block.n_lines
+                    _write(writer, block, rows, bad, seen_ids, summary, pseudonymize, config)
             else:
-                rows, bad = None, [(item.line, item.head, BadRow(
-                    Reason.TEXT_TOO_LONG, f"line has {item.n_bytes:,} bytes; raw keeps the first {len(item.head):,}"))]
                 summary.lines += 1
-            if rows is not None and rows.num_rows:
-                rows, dupes = _drop_repeated_ids(rows, seen_ids, item)
-                bad.extend(dupes)
-                writer.write_rows(rows)
-                n_up = pc.sum(rows.column("desirable")).as_py() or 0
-                summary.accepted += rows.num_rows
-                summary.desirable += n_up
-                summary.undesirable += rows.num_rows - n_up
-            if bad:
-                writer.write_quarantine(_quarantine_rows(bad, summary, pseudonymize, config.scrub_pii))
-                for _, _, err in bad:
-                    summary.quarantined[err.reason.value] = summary.quarantined.get(err.reason.value, 0) + 1
+                _write(writer, item, None, [(item.line, item.head, BadRow(
+                    Reason.TEXT_TOO_LONG, f"line has {item.n_bytes:,} bytes; raw keeps the first {len(item.head):,}"))],
+                       seen_ids, summary, pseudonymize, config)
         if scrubber is not None:
             summary.emails_masked += scrubber.emails
             summary.phones_masked += scrubber.phones
@@ -231,6 +238,23 @@ def _ingest_source(path: Path, lake: Path, config: IngestConfig, pseudonymize: P
     except BaseException:
         writer.abort()
         raise
+
+
+def _write(writer: lake_files.SourceWriter, block, rows: pa.Table | None, bad: list, seen_ids: set[str],
+           summary: SourceSummary, pseudonymize: Pseudonymizer, config: IngestConfig) -> None:
+    """One parsed block's rows to their partitions and its bad rows to quarantine, now (nothing piles up)."""
+    if rows is not None and rows.num_rows:
+        rows, dupes = _drop_repeated_ids(rows, seen_ids, block)
+        bad.extend(dupes)
+        writer.write_rows(rows)
+        n_up = pc.sum(rows.column("desirable")).as_py() or 0
+        summary.accepted += rows.num_rows
+        summary.desirable += n_up
+        summary.undesirable += rows.num_rows - n_up
+    if bad:
+        writer.write_quarantine(_quarantine_rows(bad, summary, pseudonymize, config.scrub_pii))
+        for _, _, err in bad:
+            summary.quarantined[err.reason.value] = summary.quarantined.get(err.reason.value, 0) + 1
 
 
 def _parse(block: Block, config: IngestConfig, ctx: RowContext, pseudonymize: Pseudonymizer,
@@ -251,7 +275,9 @@ def _parse(block: Block, config: IngestConfig, ctx: RowContext, pseudonymize: Ps
             line_no = block.first_line + i
             for out in line_to_rows(lines[i], config.format, ctx, line_no):
                 if isinstance(out, BadRow):
-                    bad.append((line_no, lines[i], out))
+                    # Its traceback holds the parser's frames and the parsed line (kilobytes, often in a cycle
+                    # only the cyclic collector frees): quarantine needs the reason, not where it was raised.
+                    bad.append((line_no, lines[i], out.with_traceback(None)))
                 else:
                     rows.append(out)
     tables = [t for t in (fast, pa.Table.from_pylist(rows, schema=FEEDBACK_SCHEMA) if rows else None) if t is not None]
@@ -277,16 +303,14 @@ def _drop_repeated_ids(rows: pa.Table, seen: set[str], block) -> tuple[pa.Table,
     lines = block.lines()
     line_numbers = rows.column("source_line").to_pylist()
     bad = [(line_numbers[i], lines[line_numbers[i] - block.first_line],
-            BadRow(Reason.DUPLICATE_EVENT_ID, f"event_id {rows.column('event_id')[i].as_py()[:80]!r} "
-                                              "already appeared earlier in this source"))
+            BadRow(Reason.DUPLICATE_EVENT_ID, "event_id: the same id as an earlier line of this source"))
            for i in dupes]
     return rows.take(pa.array(keep, pa.int64())), bad
 
 
 def _quarantine_rows(bad: list, summary: SourceSummary, pseudonymize: Pseudonymizer, scrub_pii: bool) -> pa.Table:
     def sanitize(raw: bytes) -> bytes:
-        raw = _RAW_USER_ID.sub(lambda m: m.group(1) + b'"' + pseudonymize(
-            m.group(2).strip(b'"').decode("utf-8", "replace")).encode() + b'"', raw)
+        raw = redact_user_ids(raw, pseudonymize)
         if scrub_pii:
             try:
                 raw = scrub_text(raw.decode("utf-8"))[0].encode("utf-8")
@@ -299,3 +323,68 @@ def _quarantine_rows(bad: list, summary: SourceSummary, pseudonymize: Pseudonymi
           "detail": err.detail, "raw": sanitize(raw)} for line, raw, err in bad],
         schema=QUARANTINE_SCHEMA,
     )
+
+
+# A user id is an identity even inside a line that is not valid JSON: quarantine keeps raw lines, so every
+# value under a key that spells `user_id` (any case, any JSON escape: "user\u005fid", "User-Id") is replaced
+# by its pseudonym, whatever its type (string, number, list, object) and even cut off by the line's end.
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.S)  # a JSON string, or one the line's end cuts
+_COLON = re.compile(rb'\s*:\s*')
+_SCALAR_END = re.compile(rb'[,}\]\s]|\Z')
+_STRUCTURE = re.compile(rb'["\[\]{}]')
+
+
+def _decoded(token: bytes) -> str:
+    try:
+        text = json.loads(token)
+    except ValueError:  # a bad escape or bad UTF-8: the token's bytes, as far as they go
+        return token.strip(b'"').decode("utf-8", "replace")
+    return text if isinstance(text, str) else str(text)
+
+
+def _is_user_key(token: bytes) -> bool:
+    return re.sub(r"[\W_]", "", _decoded(token)).casefold() == "userid"
+
+
+def _value_end(raw: bytes, start: int) -> int:
+    """Where the JSON value starting at `start` ends (the line's end if it is cut off)."""
+    if raw[start:start + 1] == b'"':
+        return _STRING.match(raw, start).end()
+    if raw[start:start + 1] not in (b"[", b"{"):
+        return _SCALAR_END.search(raw, start).start()
+    depth, pos = 0, start
+    while (m := _STRUCTURE.search(raw, pos)) is not None:
+        if m.group() == b'"':
+            pos = _STRING.match(raw, m.start()).end()
+            continue
+        depth += 1 if m.group() in (b"[", b"{") else -1
+        pos = m.end()
+        if depth == 0:
+            return pos
+    return len(raw)
+
+
+def redact_user_ids(raw: bytes, pseudonymize, depth: int = 0) -> bytes:
+    """`raw` with the value of every user-id key replaced by its pseudonym (a string value's own pseudonym,
+    as the lake holds it; any other value's by its JSON text), also inside JSON held in string values."""
+    out, done, pos = [], 0, 0
+    while (m := _STRING.search(raw, pos)) is not None:
+        pos = max(m.end(), m.start() + 1)
+        colon = _COLON.match(raw, m.end())
+        if colon is None:
+            if depth < 3 and b'\\"' in m.group() and b"user" in m.group().lower():  # JSON inside a string
+                inner = redact_user_ids(_decoded(m.group()).encode("utf-8", "replace"), pseudonymize, depth + 1)
+                out += [raw[done:m.start()], json.dumps(inner.decode("utf-8", "replace"), ensure_ascii=False).encode()]
+                done = m.end()
+            continue
+        if not _is_user_key(m.group()):
+            continue
+        start = colon.end()
+        end = _value_end(raw, start)
+        if end > start:
+            value = raw[start:end]
+            text = _decoded(value) if value.startswith(b'"') else value.decode("utf-8", "replace")
+            out += [raw[done:start], b'"', pseudonymize(text).encode(), b'"']
+            done = end
+        pos = max(pos, end)
+    return b"".join(out) + raw[done:]

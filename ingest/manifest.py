@@ -8,52 +8,26 @@ runner that loses or adds data (a dropped file, an empty shard, a leftover temp 
 stops the run instead of publishing. What the files determine is re-read from them, not taken from
 the runner: rows per split and class, the class counts and weights in stats.json, and the count
 arithmetic (events in = events out + everything removed or dropped). `manifest.json` lists every
-data file with its size, sha256, rows and thumbs-ups, so `thumbs curate --verify-only` can later tell
-a published snapshot from one a disk or a hand has changed.
+data file with its size, sha256, rows and thumbs-ups and stats.json carries the sha256 of the manifest
+and of itself (`ingest/snapshot.py` writes and checks that proof on every read), so `thumbs curate
+--verify-only` can later tell a published snapshot from one a disk or a hand has changed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
-
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ingest import snapshot as layout
 from ingest.balance import InsufficientData, class_weights
 from ingest.vote_caps import CAP_COUNTS
 
 
-def describe_files(folder: Path) -> tuple[list[dict], list[str]]:
-    """Each split's Parquet files as manifest entries, and every entry that has no place in a snapshot."""
-    entries, stray = [], []
-    for split in layout.SPLITS:
-        split_dir = layout.split_dir(folder, split)
-        for path in sorted(split_dir.iterdir()) if split_dir.is_dir() else ():
-            if not (path.is_file() and path.suffix == ".parquet" and not path.name.startswith(".")):
-                stray.append(str(path.relative_to(folder)))
-                continue
-            entries.append(_describe(path, folder))
-    for path in sorted(folder.iterdir()):
-        if path.name not in (*layout.SPLITS, layout.STATS, layout.MANIFEST):
-            stray.append(path.name)
-    return entries, stray
-
-
-def _describe(path: Path, folder: Path) -> dict:
-    table = pq.read_table(path, columns=["desirable"])
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"path": str(path.relative_to(folder)), "bytes": path.stat().st_size, "sha256": digest,
-            "rows": table.num_rows, "desirable": int(pc.sum(table.column("desirable")).as_py() or 0)}
-
-
 def check_stats(stats: dict, entries: list[dict], events_in: int | None = None) -> list[str]:
     """Differences between what the files hold and what stats.json (and the input's row count) claim."""
-    counts, problems = stats["counts"], []
+    counts = stats.get("counts") if isinstance(stats.get("counts"), dict) else {}  # a hand may have edited it
+    problems = []
 
     def expect(what: str, claimed, actual) -> None:
         if claimed != actual:
@@ -75,7 +49,7 @@ def check_stats(stats: dict, entries: list[dict], events_in: int | None = None) 
 
 
 def _check_weights(stats: dict, n_good: int, n_bad: int) -> list[str]:
-    config = stats.get("config", {})
+    config = stats.get("config") if isinstance(stats.get("config"), dict) else {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -83,6 +57,8 @@ def _check_weights(stats: dict, n_good: int, n_bad: int) -> list[str]:
                                     min_per_class=config.get("min_per_class", 1))
     except InsufficientData as err:
         return [f"class counts in the files cannot be trained on: {err}"]
+    except (TypeError, ValueError) as err:  # an edited config in stats.json
+        return [f"config in stats.json cannot give the class weights: {err}"]
     problems = []
     for name, value in (("desirable_weight", weights.desirable_weight),
                         ("undesirable_weight", weights.undesirable_weight), ("balance_ratio", weights.ratio),
@@ -110,31 +86,30 @@ def _check_arithmetic(counts: dict, events_in: int | None) -> list[str]:
             for rule, want, got in rules if want is not None and want != got]
 
 
-def write_manifest(folder: Path, snapshot_id: str, runner: str, entries: list[dict], events_in: int) -> None:
-    manifest = {"snapshot_id": snapshot_id, "runner": runner, "events_in": events_in, "files": entries}
-    layout.manifest_path(folder).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
 def verify_snapshot(path: str | Path) -> list[str]:
-    """Every way a published snapshot differs from its manifest and stats; [] when it is whole."""
+    """Every way a published snapshot differs from its proof, its manifest and its stats; [] when it is whole.
+
+    The proof (stats.json's own sha256 and manifest.json's, `ingest/snapshot.py`) first; then what the files
+    hold against what stats.json claims. The same function checks a snapshot downloaded from a store
+    (`ingest/remote.py`), so a remote copy is held to the same proof."""
     folder = Path(path)
-    if not layout.is_published(folder):
+    if not layout.stats_path(folder).exists():
         return [f"{folder} has no {layout.STATS}: not a `thumbs curate` snapshot (or not a finished one)"]
-    if not layout.manifest_path(folder).is_file():
-        return [f"{folder} has no {layout.MANIFEST}: written before snapshots carried one; curate it again to get one"]
-    stats = layout.read_stats(folder)
-    manifest = json.loads(layout.manifest_path(folder).read_text())
-    entries, stray = describe_files(folder)
-    problems = [f"unexpected entry {name}" for name in stray]
+    stats, problems = layout.audit(folder)
+    try:
+        manifest = json.loads(layout.manifest_path(folder).read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if stats is None or layout.PROOF not in stats or not isinstance(manifest, dict):
+        return problems  # nothing more can be checked against it: rebuild (the problems say so)
     if manifest.get("snapshot_id") != stats.get("snapshot_id") or folder.name != stats.get("snapshot_id"):
         problems.append(f"snapshot id: folder {folder.name}, stats {stats.get('snapshot_id')}, "
                         f"manifest {manifest.get('snapshot_id')}")
+    entries, _ = layout.describe_files(folder)
     listed = {e["path"]: e for e in manifest.get("files", [])}
-    found = {e["path"]: e for e in entries}
-    problems += [f"{name}: in the manifest, missing on disk" for name in sorted(listed.keys() - found.keys())]
-    problems += [f"{name}: on disk, not in the manifest" for name in sorted(found.keys() - listed.keys())]
-    for name in sorted(listed.keys() & found.keys()):
-        for field in ("bytes", "sha256", "rows", "desirable"):
-            if listed[name].get(field) != found[name][field]:
-                problems.append(f"{name}: {field} is {found[name][field]}, the manifest says {listed[name].get(field)}")
+    for entry in entries:
+        for field in ("rows", "desirable"):
+            if entry["path"] in listed and listed[entry["path"]].get(field) != entry[field]:
+                problems.append(f"{entry['path']}: {field} is {entry[field]}, the manifest says "
+                                f"{listed[entry['path']].get(field)}")
     return problems + check_stats(stats, entries, manifest.get("events_in"))

@@ -30,8 +30,7 @@ MAX_DEPTH = 128
 """JSON nested deeper than this (objects and arrays together) is quarantined before any parser sees it:
 Python's json raises RecursionError near 1,000 levels, orjson refuses 1,024, and Arrow's reader crashes
 the process (a segfault) near 10,000. No event format needs a tenth of this."""
-# Until ingest/schema.py has a reason of its own for it, a line too deep to parse is malformed JSON.
-TOO_DEEP = Reason.MALFORMED_JSON
+TOO_DEEP = Reason.TOO_DEEP
 # A JSON string, escapes included; an unterminated one runs to the end of the line (so matching never
 # backtracks: each try from a quote succeeds, and the scan stays linear in the line's length).
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)

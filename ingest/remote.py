@@ -17,20 +17,33 @@ Readers trust the marks exactly as they do locally: a lake file of an unrecorded
 folder without stats.json is not a snapshot (`local_snapshot` refuses it). A run killed mid-upload left
 files no reader takes; the rerun uploads the rest under the same names. The mirror is a cache: deleting
 it costs a download, never data. An S3 endpoint other than AWS comes from AWS_ENDPOINT_URL_S3 (s3fs).
+
+The mirror is never trusted by name and size alone: records are downloaded afresh each time, and every
+lake file a record lists is checked against its sha256 (downloaded again if it differs; a store object
+that differs too is one LakeError naming it and the repair). An ingest holds a lease per source on the
+store (LAKE/.locks/<sha256>/, a create-if-absent write, renewed while alive), so two machines ingesting
+one source take turns, as two processes do on one disk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import posixpath
 import shutil
+import sys
+import threading
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from common.faults import fault_point
 from ingest import snapshot as layout
 
 CACHE_ENV = "THUMBS_CACHE"
+LEASE_ENV = "THUMBS_LAKE_LEASE_S"  # how long a killed ingest's lease on a remote source blocks others
+DEFAULT_LEASE_S = 60.0
 
 
 def is_remote(location) -> bool:
@@ -71,34 +84,39 @@ def _listing(fs, root: str) -> dict[str, int]:
     return out
 
 
-def pull(url: str, local: Path | None = None) -> Path:
-    """Download every object of `url` the mirror lacks (or holds at another size); returns the mirror."""
+def pull(url: str, local: Path | None = None, fresh: Callable[[str], bool] = lambda rel: False) -> Path:
+    """Download every object of `url` the mirror lacks (or holds at another size; or that `fresh` names,
+    whatever its size); returns the mirror."""
     fs, root = _fs(url)
     local = Path(local or mirror_dir(url))
     local.mkdir(parents=True, exist_ok=True)
     for rel, size in sorted(_listing(fs, root).items()):
         target = local / rel
-        if target.is_file() and target.stat().st_size == size:
+        if target.is_file() and target.stat().st_size == size and not fresh(rel):
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.{os.getpid()}.part"
-        try:
-            fs.get_file(f"{root}/{rel}", str(tmp))
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _download(fs, f"{root}/{rel}", target)
     return local
 
 
-def push(local: Path, url: str, is_mark: Callable[[str], bool], marks: bool = True) -> int:
-    """Upload every visible file of `local` the store lacks (or holds at another size), marks last
-    (`marks=False`: all but the marks, which the caller writes). Returns how many files were uploaded."""
+def _download(fs, key: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.part"
+    try:
+        fs.get_file(key, str(tmp))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def push(local: Path, url: str, is_mark: Callable[[str], bool], marks: bool = True, always=()) -> int:
+    """Upload every visible file of `local` the store lacks (or holds at another size; or named in `always`),
+    marks last (`marks=False`: all but the marks, which the caller writes). Returns how many were uploaded."""
     fs, root = _fs(url)
     remote = _listing(fs, root)
     todo = []
     for path in sorted(Path(local).rglob("*")):
         rel = path.relative_to(local).as_posix()
-        if path.is_file() and not _hidden(rel) and remote.get(rel) != path.stat().st_size:
+        if path.is_file() and not _hidden(rel) and (remote.get(rel) != path.stat().st_size or rel in always):
             todo.append(rel)
     todo.sort(key=is_mark)  # stable: data in name order, then the marks in name order
     if not marks:
@@ -119,19 +137,141 @@ def _lake_mark(rel: str) -> bool:
 
 
 def ingest(sources, url: str, config, progress: bool):
-    """`ingest.job.ingest` into a remote lake: mirror down, ingest into the mirror, push with records last."""
+    """`ingest.job.ingest` into a remote lake: each source leased on the store, mirror down (checked), ingest
+    into the mirror, push with records last (a forced source's record whatever its size)."""
     from ingest.job import ingest as ingest_local
+    from ingest.lake import SOURCES_DIR
+    from ingest.sources import SourceError, sha256_of
 
-    mirror = pull(url)
-    summary = ingest_local(sources, mirror, config, progress)
-    push(mirror, url, _lake_mark)  # also finishes a push an earlier run was killed in
+    shas = []
+    for source in sources:
+        try:
+            shas.append(sha256_of(str(source)))
+        except SourceError:
+            pass  # the local run reports it
+    with contextlib.ExitStack() as stack:
+        for sha in sorted(set(shas)):  # one order for every run: two never wait on each other in a circle
+            stack.enter_context(_lease(url, sha))
+        mirror = pull_lake(url, replacing=shas if config.force else ())
+        summary = ingest_local(sources, mirror, config, progress)
+        written = [s.sha256 for s in summary.sources if s.status == "ingested"]
+        push(mirror, url, _lake_mark, always={f"{SOURCES_DIR}/{sha}.json" for sha in written})  # also finishes
+        _remove_unlisted(url, mirror, written)  # a push an earlier run was killed in
     summary.lake = url
     return summary
 
 
-def pull_lake(url: str) -> Path:
-    """The remote lake's mirror, up to date (curate reads it: only recorded sources count, as locally)."""
-    return pull(url)
+def pull_lake(url: str, replacing=()) -> Path:
+    """The remote lake's mirror, up to date and checked: every record downloaded afresh (a forced re-ingest
+    may keep its size), every file a record lists compared with its sha256 and downloaded again if it
+    differs. Curate reads it: only recorded sources count, as locally. LakeError names a file the store
+    itself holds damaged, with the command that repairs it. Sources in `replacing` (being ingested again
+    with --force, the repair) are not checked."""
+    from ingest.lake import LakeError, file_proof, records
+
+    fs, root = _fs(url)
+    local = pull(url, fresh=_lake_mark)
+    for sha, record in records(local, skip=set(replacing)).items():
+        for entry in record.get("files") or []:
+            target = local / entry["path"]
+            if target.is_file() and _matches(target, entry, file_proof):
+                continue
+            if fs.exists(f"{root}/{entry['path']}"):
+                _download(fs, f"{root}/{entry['path']}", target)
+            if not (target.is_file() and _matches(target, entry, file_proof)):
+                raise LakeError(f"lake file {url}/{entry['path']} (of source {record.get('source')!r}) is missing or "
+                                "differs from its record; repair it by ingesting that source again: thumbs ingest "
+                                f"--force {record.get('source') or sha} --lake {url}")
+    return local
+
+
+def _matches(path: Path, entry: dict, file_proof) -> bool:
+    proof = file_proof(path)
+    return proof["bytes"] == entry["bytes"] and proof["sha256"] == entry["sha256"]
+
+
+def _remove_unlisted(url: str, mirror: Path, shas: list[str]) -> None:
+    """Objects of the sources just written that their records do not list (a killed run's, a replaced
+    record's): under the source's lease no other run writes them."""
+    from ingest.lake import FEEDBACK_DIR, GENERATIONS_DIR, QUARANTINE_DIR, read_record
+
+    if not shas:
+        return
+    fs, root = _fs(url)
+    there = _listing(fs, root)
+    for sha in shas:
+        record = read_record(mirror, sha)
+        if record is None or record.get("files") is None:
+            continue
+        listed = {e["path"] for e in record["files"]}
+        for rel in there:
+            name = rel.rsplit("/", 1)[-1].removeprefix("part-")
+            if rel.split("/", 1)[0] in (FEEDBACK_DIR, QUARANTINE_DIR, GENERATIONS_DIR) \
+                    and name.startswith(sha[:16]) and rel not in listed:
+                fs.rm_file(f"{root}/{rel}")
+
+
+@contextlib.contextmanager
+def _lease(url: str, sha: str) -> Iterator[None]:
+    """One run per source of a remote lake: a lease object in LAKE/.locks/<sha256>/, numbered, taken with a
+    create-if-absent write (S3 If-None-Match). Free when its holder wrote `<n>.released`, or expired: a live
+    holder renews it every third of THUMBS_LAKE_LEASE_S, so a killed one blocks others that long at most.
+    The last lease and its marker stay (hidden: no listing, pull or push takes them)."""
+    fs, root = _fs(url)
+    folder = f"{root}/.locks/{sha}"
+    lease_s = float(os.environ.get(LEASE_ENV) or DEFAULT_LEASE_S)
+    told = False
+    while True:
+        epoch, free = _lease_epoch(fs, folder)
+        if free:
+            try:
+                fs.pipe_file(f"{folder}/{epoch + 1:012d}", _lease_body(lease_s), mode="create")
+                break
+            except FileExistsError:
+                pass  # another run took it first
+        if not told:
+            print(f"ingest: another run holds source {sha[:12]} of {url}; waiting for it", file=sys.stderr)
+            told = True
+        time.sleep(0.5)
+    mine = f"{folder}/{epoch + 1:012d}"
+    for suffix in ("", ".released"):  # the lease before is history (numbers are never reused: a slow reader
+        with contextlib.suppress(FileNotFoundError):  # of the folder can only see a newer lease taken)
+            fs.rm_file(f"{folder}/{epoch:012d}{suffix}")
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(fs, mine, lease_s, stop), daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        fs.pipe_file(f"{mine}.released", b"")
+
+
+def _renew(fs, path: str, lease_s: float, stop: threading.Event) -> None:
+    while not stop.wait(lease_s / 3):
+        fs.pipe_file(path, _lease_body(lease_s))
+
+
+def _lease_epoch(fs, folder: str) -> tuple[int, bool]:
+    """(the newest lease's number, whether it is free to take)."""
+    fs.invalidate_cache()
+    names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(folder, detail=False)} if fs.exists(folder) else set()
+    epochs = [int(n) for n in names if n.isdigit()]
+    if not epochs:
+        return 0, True
+    epoch = max(epochs)
+    if f"{epoch:012d}.released" in names:
+        return epoch, True
+    try:
+        lease = json.loads(fs.cat_file(f"{folder}/{epoch:012d}"))
+    except (FileNotFoundError, ValueError):  # removed by a newer taker, or half-written: look again
+        return epoch, False
+    return epoch, time.time() > float(lease.get("expires", 0))
+
+
+def _lease_body(seconds: float) -> bytes:
+    return json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "expires": time.time() + seconds}).encode()
 
 
 # --- snapshots ----------------------------------------------------------------------------------------------

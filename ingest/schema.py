@@ -65,3 +65,4 @@ class Reason(str, enum.Enum):
     DUPLICATE_EVENT_ID = "duplicate_event_id"
     BLANK_LINE = "blank_line"
     ORPHAN_FEEDBACK = "orphan_feedback"  # a rating whose generation no source has brought (yet)
+    TOO_DEEP = "too_deep"  # JSON nested deeper than records.MAX_DEPTH: refused before any parser recurses

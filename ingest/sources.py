@@ -28,6 +28,25 @@ class Block:
     def lines(self) -> list[bytes]:
         return self.data.split(b"\n")
 
+    def split(self, max_lines: int) -> Iterator["Block"]:
+        """This block as blocks of at most `max_lines` lines: 16 MiB of newlines are 16 million lines, and
+        each line parsed becomes Python objects, so a block is parsed a bounded number of lines at a time."""
+        if self.n_lines <= max_lines:
+            yield self
+            return
+        data, start, first = self.data, 0, self.first_line
+        while True:
+            cut = start - 1
+            for _ in range(max_lines):
+                cut = data.find(b"\n", cut + 1)
+                if cut < 0:
+                    break
+            if cut < 0:
+                yield Block(first, data[start:], data.count(b"\n", start) + 1)
+                return
+            yield Block(first, data[start:cut], max_lines)
+            first, start = first + max_lines, cut + 1
+
 
 @dataclass
 class OversizedLine:

@@ -20,10 +20,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from ingest.formats.base import Generation
-from ingest.lake import AtomicParquet
+from ingest.lake import GENERATIONS_DIR, AtomicParquet, committed, parquet_format
 from ingest.privacy import scrub_text
 
-DIR = "_generations"
+DIR = GENERATIONS_DIR
 SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("rank", pa.string(), nullable=False),
                     pa.field("generation", pa.binary(), nullable=False)])
 STRONG = "~"  # as join.Index ranks: a key's own generation beats any that answers for it weakly
@@ -105,10 +105,12 @@ class Store:
 
 
 def _best(lake: Path, fmt: str, wanted: set[str]) -> dict[str, dict]:
-    folder = lake / DIR / fmt
-    if not wanted or not folder.exists():
+    if not wanted or not (lake / DIR / fmt).exists():
         return {}
-    table = ds.dataset(folder, schema=SCHEMA, format="parquet").to_table(
+    files = committed(lake, f"{DIR}/{fmt}")  # recorded sources' files only, each checked against its record
+    if not files:
+        return {}
+    table = ds.dataset([str(f) for f in files], schema=SCHEMA, format=parquet_format()).to_table(
         filter=pc.field("key").isin(pa.array(sorted(wanted), pa.string())))
     best: dict[str, tuple[str, bytes]] = {}
     for key, rank, blob in zip(*(table.column(n).to_pylist() for n in ("key", "rank", "generation"))):

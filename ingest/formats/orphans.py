@@ -10,13 +10,13 @@ record is written rescued nothing, and the next run tries again.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.compute as pc
 
-from ingest.lake import SOURCES_DIR, quarantine_table
+from ingest.lake import quarantine_table
+from ingest.lake import records as lake_records
 from ingest.schema import Reason
 
 
@@ -30,10 +30,7 @@ class Orphan:
 
 def pending(lake: Path, fmt: str) -> tuple[list[Orphan], set[tuple[str, str]]]:
     """(orphans of earlier runs of `fmt`, the (source sha256, event id) pairs already rescued)."""
-    folder = lake / SOURCES_DIR
-    if not folder.exists():
-        return [], set()
-    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    records = list(lake_records(lake).values())  # each checked: a torn record is one error naming it
     shas = {r.get("sha256") for r in records if r.get("format") == fmt}
     rescued = {(x["source_sha256"], x["event_id"]) for r in records for x in r.get("rescued", [])}
     if not shas:

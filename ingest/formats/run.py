@@ -170,6 +170,8 @@ class Run:
                 if isinstance(item, Block):
                     for i, raw in enumerate(item.lines()):
                         self._line(src, raw, item.first_line + i)
+                        if len(src.bad) >= job.BATCH_LINES:  # a flood of bad lines is written as it comes
+                            self.flush(src)
                     summary.lines += item.n_lines
                 else:
                     summary.lines += 1
@@ -197,7 +199,7 @@ class Run:
         try:
             items = self.parse(record, raw, self.ctx)
         except BadRow as bad:
-            src.bad.append((line_no, raw, bad))
+            src.bad.append((line_no, raw, bad.with_traceback(None)))  # a traceback holds the frames: kilobytes
             return
         except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:  # a shape no check foresaw
             src.bad.append((line_no, raw, BadRow(Reason.WRONG_TYPE, f"record is not in the {self.config.format} "
