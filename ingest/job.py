@@ -32,7 +32,7 @@ from pydantic import Field
 from common.configfile import config
 from ingest import arrow_path, lake as lake_files, remote
 from ingest.formats.options import FormatOptions
-from ingest.privacy import Pseudonymizer, resolve_key, scrub_text
+from ingest.privacy import PiiCounts, Pseudonymizer, Scrubber, resolve_key, scrub_text
 from ingest.progress import Progress
 from ingest.records import FORMATS, FOREIGN_FORMATS, BadRow, RowContext, line_to_rows
 from ingest.schema import FEEDBACK_SCHEMA, QUARANTINE_SCHEMA, Reason
@@ -86,10 +86,17 @@ class SourceSummary:
     partitions: list[str] = field(default_factory=list)
     emails_masked: int = 0
     phones_masked: int = 0
+    secrets_masked: int = 0
     unrated: int = 0  # foreign formats: generations (or completions) no thumbs reached
     ignored: dict[str, int] = field(default_factory=dict)  # foreign formats: scores of other names
     rescued: int = 0  # foreign formats: earlier runs' orphan ratings that became events here
     seconds: float = 0.0
+
+    def add_masked(self, counts: PiiCounts) -> None:
+        """What `--scrub-pii` masked in a block or a batch of records."""
+        self.emails_masked += counts.emails
+        self.phones_masked += counts.phones
+        self.secrets_masked += counts.secrets
 
 
 @dataclass
@@ -124,6 +131,7 @@ class IngestSummary:
             "quarantined": self.quarantined, "quarantined_total": sum(self.quarantined.values()),
             "partitions": sorted({p for s in self.sources for p in s.partitions}),
             "emails_masked": self.total("emails_masked"), "phones_masked": self.total("phones_masked"),
+            "secrets_masked": self.total("secrets_masked"),
             "unrated": self.total("unrated"), "rescued": self.total("rescued"),
             "ignored": {k: sum(s.ignored.get(k, 0) for s in self.sources)
                         for k in sorted({k for s in self.sources for k in s.ignored})},
@@ -151,20 +159,10 @@ class IngestSummary:
         if d["unrated"] or d["rescued"]:
             lines.append(f"  {d['unrated']:,} generation(s) without a thumbs; {d['rescued']:,} earlier orphan "
                          "rating(s) rescued")
-        if d["emails_masked"] or d["phones_masked"]:
-            lines.append(f"  masked {d['emails_masked']:,} e-mail(s), {d['phones_masked']:,} phone number(s)")
+        if d["emails_masked"] or d["phones_masked"] or d["secrets_masked"]:
+            lines.append(f"  masked {d['emails_masked']:,} e-mail(s), {d['phones_masked']:,} phone number(s), "
+                         f"{d['secrets_masked']:,} secret(s)")
         return "\n".join(lines)
-
-
-class _Scrubber:
-    def __init__(self):
-        self.emails = self.phones = 0
-
-    def __call__(self, text: str) -> str:
-        text, n_email, n_phone = scrub_text(text)
-        self.emails += n_email
-        self.phones += n_phone
-        return text
 
 
 def ingest(sources: list[str | os.PathLike], lake: str | os.PathLike, config: IngestConfig | None = None,
@@ -208,7 +206,7 @@ def ingest(sources: list[str | os.PathLike], lake: str | os.PathLike, config: In
 
 def _ingest_source(path: Path, lake: Path, config: IngestConfig, pseudonymize: Pseudonymizer,
                    summary: SourceSummary, progress: bool) -> None:
-    scrubber = _Scrubber() if config.scrub_pii else None
+    scrubber = Scrubber() if config.scrub_pii else None
     ctx = RowContext(
         source=summary.source, max_text_chars=config.max_text_chars, pseudonymize=pseudonymize, scrub=scrubber,
         default_timestamp=config.default_timestamp or datetime.now(timezone.utc).replace(microsecond=0),
@@ -230,8 +228,7 @@ def _ingest_source(path: Path, lake: Path, config: IngestConfig, pseudonymize: P
                     Reason.TEXT_TOO_LONG, f"line has {item.n_bytes:,} bytes; raw keeps the first {len(item.head):,}"))],
                        seen_ids, summary, pseudonymize, config)
         if scrubber is not None:
-            summary.emails_masked += scrubber.emails
-            summary.phones_masked += scrubber.phones
+            summary.add_masked(scrubber.take())
         record = {k: v for k, v in asdict(summary).items() if k not in ("status", "error", "partitions", "seconds")}
         record["ingested_at"] = datetime.now(timezone.utc).isoformat()
         summary.partitions = writer.commit(record)
@@ -262,12 +259,12 @@ def _parse(block: Block, config: IngestConfig, ctx: RowContext, pseudonymize: Ps
     """A block to (accepted rows in line order, [(line, raw, BadRow)])."""
     fast, todo = None, range(block.n_lines)
     if config.format == "events" and config.vectorized:
+        counts = PiiCounts()
         result = arrow_path.parse_block(block.data, block.n_lines, block.first_line, ctx.source,
-                                        config.max_text_chars, pseudonymize, config.scrub_pii)
+                                        config.max_text_chars, pseudonymize, config.scrub_pii, counts)
         if result is not None:
-            fast, todo, n_email, n_phone = result
-            summary.emails_masked += n_email
-            summary.phones_masked += n_phone
+            fast, todo = result[:2]
+            summary.add_masked(counts)
     rows, bad = [], []
     if todo:
         lines = block.lines()

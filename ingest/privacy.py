@@ -199,6 +199,23 @@ def scrub_text_counted(text: str) -> tuple[str, PiiCounts]:
     return text, counts
 
 
+class Scrubber:
+    """`scrub(text) -> text` that adds what it masked to `.counts`; `take()` hands the counts over and starts
+    again (a source's summary takes them as it goes)."""
+
+    def __init__(self) -> None:
+        self.counts = PiiCounts()
+
+    def __call__(self, text: str) -> str:
+        text, counts = scrub_text_counted(text)
+        self.counts.add(counts)
+        return text
+
+    def take(self) -> PiiCounts:
+        counts, self.counts = self.counts, PiiCounts()
+        return counts
+
+
 def scrub_text(text: str) -> tuple[str, int, int]:
     """(text with secrets, e-mails and phone numbers masked, e-mails masked, phones masked).
     Secrets are masked too; `scrub_text_counted` also says how many."""

@@ -125,7 +125,9 @@ def test_ingest_masks_every_planted_item_in_the_lake(tmp_path, vectorized):
                                                                vectorized=vectorized), progress=False)
     assert summary.total("accepted") == len(items)
     n = {k: sum(kind == k for _, kind in PLANTED) for k in MASK}
-    assert (summary.total("emails_masked"), summary.total("phones_masked")) == (2 * n["email"], 2 * n["phone"])
+    assert (summary.total("emails_masked"), summary.total("phones_masked"), summary.total("secrets_masked")) == (
+        2 * n["email"], 2 * n["phone"], 2 * n["secret"])
+    assert f"{2 * n['secret']:,} secret(s)" in summary.render()
     rows = {r["event_id"]: r for r in feedback_dataset(tmp_path / "lake").to_table().to_pylist()}
     for i, (text, kind) in enumerate(items):
         prompt, completion = rows[f"e{i}"]["prompt"][0]["content"], rows[f"e{i}"]["completion"]

@@ -30,7 +30,7 @@ from ingest import job, lake as lake_files
 from ingest.formats import generations, langfuse, langsmith, openai, orphans, otel_genai, trl_kto
 from ingest.formats.base import Event, Generation, Ignored, Rating, Trace, Unrated, event_record
 from ingest.formats.join import Index, fill_from_trace
-from ingest.privacy import Pseudonymizer, resolve_key
+from ingest.privacy import Pseudonymizer, Scrubber, resolve_key
 from ingest.progress import Progress
 from ingest.records import BadRow, RowContext, too_deep, too_deep_row
 from ingest.schema import Reason
@@ -153,7 +153,7 @@ class Run:
     def row_ctx(self, name: str, pseudonymize=None) -> RowContext:
         return RowContext(source=name, max_text_chars=self.config.max_text_chars,
                           pseudonymize=pseudonymize or self.pseudonymize,
-                          scrub=job._Scrubber() if self.config.scrub_pii else None,
+                          scrub=Scrubber() if self.config.scrub_pii else None,
                           default_timestamp=self.default_ts)
 
     # -- reading -------------------------------------------------------------------------------------------
@@ -333,9 +333,7 @@ class Run:
             if rescued:
                 summary.rescued += rows.num_rows
         if row_ctx.scrub is not None:
-            summary.emails_masked += row_ctx.scrub.emails
-            summary.phones_masked += row_ctx.scrub.phones
-            row_ctx.scrub.emails = row_ctx.scrub.phones = 0
+            summary.add_masked(row_ctx.scrub.take())
 
     def commit(self) -> None:
         for src in self.sources:
