@@ -1,6 +1,6 @@
 """The lake and the snapshots on an object store (s3://, gs://, any fsspec URL), through a local mirror.
 
-    thumbs ingest logs/*.jsonl --lake s3://bucket/thumbs/lake
+    thumbs ingest logs/*.jsonl --lake s3://bucket/thumbs/lake       (ingest/job.py, through leased_mirror)
     thumbs curate --lake s3://bucket/thumbs/lake --out s3://bucket/thumbs/snapshots
     thumbs train --snapshot s3://bucket/thumbs/snapshots/3f2a9c0d1e4b5a6f ...
 
@@ -136,29 +136,25 @@ def _lake_mark(rel: str) -> bool:
     return rel.startswith(f"{SOURCES_DIR}/")
 
 
-def ingest(sources, url: str, config, progress: bool):
-    """`ingest.job.ingest` into a remote lake: each source leased on the store, mirror down (checked), ingest
-    into the mirror, push with records last (a forced source's record whatever its size)."""
-    from ingest.job import ingest as ingest_local
-    from ingest.lake import SOURCES_DIR
-    from ingest.sources import SourceError, sha256_of
-
-    shas = []
-    for source in sources:
-        try:
-            shas.append(sha256_of(str(source)))
-        except SourceError:
-            pass  # the local run reports it
+@contextlib.contextmanager
+def leased_mirror(url: str, shas, replacing=()) -> Iterator[Path]:
+    """The remote lake's checked mirror, while this process holds the store's lease on each source in `shas`
+    (taken in one order for every run, so two never wait on each other in a circle); `replacing`: sources
+    being ingested again (`--force`), whose files are not checked."""
     with contextlib.ExitStack() as stack:
-        for sha in sorted(set(shas)):  # one order for every run: two never wait on each other in a circle
+        for sha in sorted(set(shas)):
             stack.enter_context(_lease(url, sha))
-        mirror = pull_lake(url, replacing=shas if config.force else ())
-        summary = ingest_local(sources, mirror, config, progress)
-        written = [s.sha256 for s in summary.sources if s.status == "ingested"]
-        push(mirror, url, _lake_mark, always={f"{SOURCES_DIR}/{sha}.json" for sha in written})  # also finishes
-        _remove_unlisted(url, mirror, written)  # a push an earlier run was killed in
-    summary.lake = url
-    return summary
+        yield pull_lake(url, replacing=replacing)
+
+
+def publish_lake(mirror: Path, url: str, written) -> None:
+    """Upload the mirror's new files, the records of the sources in `written` last (a forced source's record
+    whatever its size), then remove objects of those sources that their records do not list (a push an
+    earlier run was killed in). Call it inside `leased_mirror`."""
+    from ingest.lake import SOURCES_DIR
+
+    push(mirror, url, _lake_mark, always={f"{SOURCES_DIR}/{sha}.json" for sha in written})
+    _remove_unlisted(url, mirror, written)
 
 
 def pull_lake(url: str, replacing=()) -> Path:

@@ -341,8 +341,8 @@ def test_a_killed_derived_ingest_rerun_after_midnight_holds_each_event_once(fmt,
 # --- 6. memory under a flood of bad lines ---------------------------------------------------------------------
 
 def test_quarantine_line_numbers_stay_exact_across_batches(tmp_path):
-    """More lines than one parse batch (ingest.job.BATCH_LINES), good and bad mixed: every line lands once."""
-    from ingest.job import BATCH_LINES
+    """More lines than one parse batch (ingest.validate.BATCH_LINES), good and bad mixed: every line lands once."""
+    from ingest.validate import BATCH_LINES
 
     n = 2 * BATCH_LINES + 123
     path = tmp_path / "mixed.jsonl"

@@ -51,6 +51,64 @@ def test_only_flows_imports_prefect():
     assert offenders == []
 
 
+def module_imports(path: Path, root: Path = ROOT) -> set:
+    """The project modules a file imports (dotted names, nested imports included), `from a import b` counted as
+    a.b where b is a module of the tree, else as a."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                is_module = (root / sub.replace(".", "/")).with_suffix(".py").is_file() or (root / sub.replace(".", "/")).is_dir()
+                names.add(sub if is_module else node.module)
+    return names
+
+
+def import_circles(packages, root: Path = ROOT) -> list:
+    """Every circle of module imports among the packages' files (a package's __init__ stands for the package)."""
+    def name(path: Path) -> str:
+        parts = path.relative_to(root).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name(p): p for package in packages for p in sorted((root / package).rglob("*.py"))}
+    graph = {m: sorted(n for n in module_imports(p, root) if n in modules and n != m) for m, p in modules.items()}
+    circles, state = [], {}
+
+    def visit(module: str, stack: list) -> None:  # depth first; a grey node met again closes a circle
+        state[module] = "grey"
+        stack.append(module)
+        for nxt in graph[module]:
+            if state.get(nxt) == "grey":
+                circles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[module] = "black"
+
+    for module in graph:
+        if module not in state:
+            visit(module, [])
+    return circles
+
+
+def test_no_import_circle_anywhere():
+    """A circle (job -> formats.run -> job, say) means one of its files borrows what should have a home of its own."""
+    circles = import_circles(LAYERS + ["benchmarks"])
+    assert circles == [], "import circles:\n" + "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_the_circle_check_finds_a_circle_through_a_lazy_import(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("from pkg import b\n")
+    (tmp_path / "pkg" / "b.py").write_text("import os\n\ndef f():\n    from pkg.c import g\n")
+    (tmp_path / "pkg" / "c.py").write_text("from pkg.a import x\n")
+    (tmp_path / "pkg" / "d.py").write_text("from pkg import a\n")
+    assert import_circles(["pkg"], tmp_path) == [["pkg.a", "pkg.b", "pkg.c", "pkg.a"]]
+
+
 def test_the_layer_check_sees_nested_imports(tmp_path):
     """The check must not pass by reading only the top of a file: a lazy import counts too."""
     module = tmp_path / "m.py"

@@ -6,7 +6,7 @@ Each line is parsed by its format's module into events, generations and ratings 
 is joined to a generation of its own line at once, else after every source of the run has been read
 (`join.py`), else among the generations earlier runs stored (`generations.py`); one whose generation is
 nowhere is quarantined as `orphan_feedback`, and rescued by a later run that brings it (`orphans.py`). Every joined record is serialised as a `--format events` line and goes
-through `ingest.job`'s own block parser (Arrow first, the per-line reference where Arrow cannot vouch),
+through `ingest.validate`'s block parser (Arrow first, the per-line reference where Arrow cannot vouch),
 duplicate-id check and quarantine, with line numbers mapped back to the source's. The sources' files are
 committed together at the end of the run, each with its record last; on any error none is.
 """
@@ -26,7 +26,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest import job, lake as lake_files
+from ingest import lake as lake_files, validate
 from ingest.formats import generations, langfuse, langsmith, openai, orphans, otel_genai, trl_kto
 from ingest.formats.base import Event, Generation, Ignored, Rating, Trace, Unrated, event_record
 from ingest.formats.join import Index, fill_from_trace
@@ -35,6 +35,7 @@ from ingest.progress import Progress
 from ingest.records import BadRow, RowContext, too_deep, too_deep_row
 from ingest.schema import Reason
 from ingest.sources import Block, SourceError, read_blocks, sha256_of
+from ingest.summary import IngestSummary, SourceSummary
 
 PARSERS = {"trl-kto": trl_kto.parse, "langfuse": langfuse.parse, "langsmith": langsmith.parse,
            "otel-genai": otel_genai.parse, "openai": openai.parse}
@@ -101,7 +102,7 @@ class ParseContext:
 class _Source:
     """One source of the run, open for writing until the run ends."""
 
-    def __init__(self, idx: int, path: Path, summary: job.SourceSummary, lake: Path, row_ctx: RowContext):
+    def __init__(self, idx: int, path: Path, summary: SourceSummary, lake: Path, row_ctx: RowContext):
         self.idx, self.path, self.summary, self.row_ctx = idx, path, summary, row_ctx
         self.writer = lake_files.SourceWriter(lake, summary.sha256)
         self.pending = Pending()
@@ -157,7 +158,7 @@ class Run:
                           default_timestamp=self.default_ts)
 
     # -- reading -------------------------------------------------------------------------------------------
-    def read(self, path: Path, summary: job.SourceSummary) -> None:
+    def read(self, path: Path, summary: SourceSummary) -> None:
         src = _Source(len(self.sources), path, summary, self.lake, self.row_ctx(summary.source))
         self.sources.append(src)
         if self.config.format in JOINED:  # a score in a later run may name any of its generations
@@ -170,7 +171,7 @@ class Run:
                 if isinstance(item, Block):
                     for i, raw in enumerate(item.lines()):
                         self._line(src, raw, item.first_line + i)
-                        if len(src.bad) >= job.BATCH_LINES:  # a flood of bad lines is written as it comes
+                        if len(src.bad) >= validate.BATCH_LINES:  # a flood of bad lines is written as it comes
                             self.flush(src)
                     summary.lines += item.n_lines
                 else:
@@ -303,7 +304,7 @@ class Run:
         src.stored = Pending()
         if src.bad:
             bad = [(line, raw_bytes(raw, self.pseudonymize), err) for line, raw, err in src.bad]
-            src.writer.write_quarantine(job._quarantine_rows(bad, src.summary, self.pseudonymize,
+            src.writer.write_quarantine(validate.quarantine_rows(bad, src.summary, self.pseudonymize,
                                                              self.config.scrub_pii))
             for _, _, err in src.bad:
                 src.summary.quarantined[err.reason.value] = src.summary.quarantined.get(err.reason.value, 0) + 1
@@ -318,10 +319,10 @@ class Run:
         block = Block(0, bytes(pending.buf[:-1]), len(pending))
         meta = pending.meta
         origin = pa.array([m[0] for m in meta], pa.int64())
-        rows, bad = job._parse(block, self.events_config, row_ctx, pseudonymize or self.pseudonymize, summary)
+        rows, bad = validate.parse_block(block, self.events_config, row_ctx, pseudonymize or self.pseudonymize, summary)
         src.bad.extend((*meta[i], err) for i, _, err in bad)
         if rows is not None and rows.num_rows:
-            rows, dupes = job._drop_repeated_ids(rows, src.seen_ids, block)
+            rows, dupes = validate.drop_repeated_ids(rows, src.seen_ids, block)
             src.bad.extend((*meta[i], err) for i, _, err in dupes)
             column = rows.schema.get_field_index("source_line")
             rows = rows.set_column(column, rows.schema.field(column), pc.take(origin, rows.column("source_line")))
@@ -350,7 +351,7 @@ class Run:
             src.summary.partitions = src.writer.commit(record)
 
 
-def ingest_run(sources, lake, config, progress: bool = True) -> job.IngestSummary:
+def ingest_run(sources, lake, config, progress: bool = True) -> IngestSummary:
     """`ingest.job.ingest` for the foreign formats: same summary, same guarantees."""
     lake = Path(lake)
     run = Run(lake, config, progress)
@@ -362,7 +363,7 @@ def ingest_run(sources, lake, config, progress: bool = True) -> job.IngestSummar
     gc.disable()
     try:
         for source in sources:
-            summary = job.SourceSummary(source=Path(source).name)
+            summary = SourceSummary(source=Path(source).name)
             t0 = time.monotonic()
             try:
                 summary.sha256 = sha256_of(str(source))
@@ -387,4 +388,4 @@ def ingest_run(sources, lake, config, progress: bool = True) -> job.IngestSummar
     finally:
         if collecting:
             gc.enable()
-    return job.IngestSummary(str(lake), summaries, time.monotonic() - start)
+    return IngestSummary(str(lake), summaries, time.monotonic() - start)
