@@ -45,6 +45,7 @@ from typing import Iterator, List, Optional
 import fsspec
 
 from common.faults import fault_point
+from common.leases import lease_body, newest_lease
 
 DECISION = "decision.json"
 ALIASES = "aliases.json"
@@ -296,7 +297,7 @@ class Registry:
             if free:
                 name = f"{epoch + 1:012d}"
                 try:
-                    self.fs.pipe_file(self.path(".locks", name), _lease(lease_s), mode="create")
+                    self.fs.pipe_file(self.path(".locks", name), lease_body(lease_s), mode="create")
                     break
                 except FileExistsError:
                     pass  # another writer took this lease first
@@ -324,25 +325,11 @@ class Registry:
     def _renew(self, path: str, lease_s: float, stop: threading.Event) -> None:
         while not stop.wait(lease_s / 3):
             if self.still_holds_lock():
-                self.fs.pipe_file(path, _lease(lease_s))
+                self.fs.pipe_file(path, lease_body(lease_s))
 
     def _lock_epoch(self) -> tuple:
         """(the newest lease's number, whether it is free to take)."""
-        folder = self.path(".locks")
-        self.fs.invalidate_cache()
-        names = {posixpath.basename(p.rstrip("/")) for p in self.fs.ls(folder, detail=False)} \
-            if self.fs.exists(folder) else set()
-        epochs = [int(n) for n in names if n.isdigit()]
-        if not epochs:
-            return 0, True
-        epoch = max(epochs)
-        if f"{epoch:012d}.released" in names:
-            return epoch, True
-        try:
-            lease = json.loads(self.fs.cat_file(self.path(".locks", f"{epoch:012d}")))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return epoch, False
-        return epoch, time.time() > float(lease.get("expires", 0))
+        return newest_lease(self.fs, self.path(".locks"))
 
     def still_holds_lock(self) -> bool:
         """Locally always (an OS lock); remotely, whether this writer's lease is still the newest."""
@@ -360,7 +347,7 @@ class Registry:
         # where the manifest written last is what makes the version exist.
         target = self.path("versions", f".tmp-{version}-{uuid.uuid4().hex[:8]}") if self.local else final
         if not self.local:  # the proof that a half-written `version` is this writer's, for clear_partial
-            self.fs.pipe_file(self.path(STAGING, version), _lease(0))
+            self.fs.pipe_file(self.path(STAGING, version), lease_body(0))
         self.fs.makedirs(target, exist_ok=True)
         entries = {}
         for path in sorted(Path(files).iterdir()):
@@ -462,10 +449,6 @@ def _protocols(fs) -> tuple:
     protocol = fs.protocol
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
-
-def _lease(seconds: float) -> bytes:
-    return json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "at": time.time(),
-                       "expires": time.time() + seconds}).encode()
 
 
 def _sha256(handle) -> str:

@@ -28,7 +28,6 @@ one source take turns, as two processes do on one disk.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import posixpath
 import shutil
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from common.faults import fault_point
+from common.leases import lease_body, newest_lease
 from ingest import snapshot as layout
 
 CACHE_ENV = "THUMBS_CACHE"
@@ -218,10 +218,10 @@ def _lease(url: str, sha: str) -> Iterator[None]:
     lease_s = float(os.environ.get(LEASE_ENV) or DEFAULT_LEASE_S)
     told = False
     while True:
-        epoch, free = _lease_epoch(fs, folder)
+        epoch, free = newest_lease(fs, folder)
         if free:
             try:
-                fs.pipe_file(f"{folder}/{epoch + 1:012d}", _lease_body(lease_s), mode="create")
+                fs.pipe_file(f"{folder}/{epoch + 1:012d}", lease_body(lease_s), mode="create")
                 break
             except FileExistsError:
                 pass  # another run took it first
@@ -246,28 +246,7 @@ def _lease(url: str, sha: str) -> Iterator[None]:
 
 def _renew(fs, path: str, lease_s: float, stop: threading.Event) -> None:
     while not stop.wait(lease_s / 3):
-        fs.pipe_file(path, _lease_body(lease_s))
-
-
-def _lease_epoch(fs, folder: str) -> tuple[int, bool]:
-    """(the newest lease's number, whether it is free to take)."""
-    fs.invalidate_cache()
-    names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(folder, detail=False)} if fs.exists(folder) else set()
-    epochs = [int(n) for n in names if n.isdigit()]
-    if not epochs:
-        return 0, True
-    epoch = max(epochs)
-    if f"{epoch:012d}.released" in names:
-        return epoch, True
-    try:
-        lease = json.loads(fs.cat_file(f"{folder}/{epoch:012d}"))
-    except (FileNotFoundError, ValueError):  # removed by a newer taker, or half-written: look again
-        return epoch, False
-    return epoch, time.time() > float(lease.get("expires", 0))
-
-
-def _lease_body(seconds: float) -> bytes:
-    return json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "expires": time.time() + seconds}).encode()
+        fs.pipe_file(path, lease_body(lease_s))
 
 
 # --- snapshots ----------------------------------------------------------------------------------------------
