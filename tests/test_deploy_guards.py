@@ -376,7 +376,7 @@ def test_set_production_refuses_a_damaged_version_and_none_repairs_a_registry_wi
 
 # --- 7. object stores -----------------------------------------------------------------------------------
 
-@pytest.fixture(params=["memory", "s3"])
+@pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.services)])
 def store(request, tmp_path) -> str:
     if request.param == "memory":
         return f"memory://deploy-guards-{tmp_path.name}"

@@ -23,7 +23,7 @@ import pytest
 
 from flows.deployments import free_port, start_server, stop, wait_healthy
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 
 def pg_bin(name: str) -> str | None:

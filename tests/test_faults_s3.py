@@ -22,7 +22,7 @@ moto_server = pytest.importorskip("moto.server")
 
 from fault_helpers import feedback, ingest_args, kill_at, thumbs, tree  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 
 @pytest.fixture(scope="module")

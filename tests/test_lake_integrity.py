@@ -469,6 +469,7 @@ def s3_lake(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.services
 def test_two_machines_ingesting_one_source_into_one_s3_lake_take_turns(s3_lake, tmp_path):
     from ingest.remote import pull_lake
 

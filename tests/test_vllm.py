@@ -25,7 +25,7 @@ from flows.cli import app
 from training.config import TrainConfig
 from training.trainer import train
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 QUESTIONS = ["How do I bake bread at home?", "What is the capital of France?", "Can you tell me a joke?"]
 N_TOKENS = 16

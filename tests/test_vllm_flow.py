@@ -19,7 +19,7 @@ from deploy.serving import Client
 from deploy.vllm_server import free_port
 from flows.params import RetrainParams
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.services]
 N_TOKENS = 12
 ALIAS = "nightly"  # the server is the session's: other tests use other names on it
 
