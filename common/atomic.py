@@ -3,6 +3,7 @@ disk, then renamed over it (a rename within one folder is atomic on POSIX filesy
 
     write_json_atomic(path, {"a": 1})
     write_text_atomic(path, "line\n")
+    write_bytes_atomic(path, png)
 
 Readers skip names starting with '.', so a writer killed half-way leaves nothing a reader sees.
 """
@@ -18,6 +19,10 @@ from common.faults import disk_full
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -25,8 +30,8 @@ def write_text_atomic(path: Path, text: str) -> None:
         # mkstemp makes the file 0600: give it the mode a plain open() would, so a vLLM server or GPU worker
         # running as another user can read what thumbs wrote.
         os.fchmod(fd, 0o666 & ~_umask())
-        with disk_full(path), os.fdopen(fd, "w") as f:
-            f.write(text)
+        with disk_full(path), os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

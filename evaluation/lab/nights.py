@@ -16,6 +16,7 @@ import random
 import shutil
 from pathlib import Path
 
+from common.atomic import write_text_atomic
 from evaluation import world
 from evaluation.lab.arms import N_USERS, Variant
 
@@ -76,9 +77,7 @@ def serve_day(model, tokenizer, day: int, seed: int, variant: Variant, n_events:
         events += adversarial_events(model, tokenizer, day, seed, variant, n_events)
     if variant.ratio is not None:
         events = rebalance(events, variant.ratio, random.Random(f"imbalance/{seed}/{day}"))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in events))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(e) + "\n" for e in events))
     return {"events": len(events), "up": sum(e["label"] == "up" for e in events),
             "adversarial": sum(e["user_id"].startswith("adversary") for e in events)}
 

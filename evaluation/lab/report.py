@@ -3,10 +3,12 @@ difference from `default` on the same seeds, and answer length drift; lab/report
 
 from __future__ import annotations
 
+import io
 import math
 import statistics
 from pathlib import Path
 
+from common.atomic import write_bytes_atomic, write_text_atomic
 from evaluation.lab.arms import ARMS, PAIRS
 
 # Two-sided 95% Student t quantiles by degrees of freedom (no scipy in the environment).
@@ -134,9 +136,7 @@ def write_report(out: Path, arms: list[str], results: dict, header: list[str]) -
     lines += ["![ground truth per variant](lab.png)", ""]
     _plot(out / "lab.png", arms, results)
     path = out / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(lines))
     return path
 
 
@@ -155,7 +155,7 @@ def _plot(path: Path, arms: list[str], results: dict) -> None:
         ax.set_title(arm)
         ax.set_ylabel("ground truth %, 95% CI over seeds")
     fig.tight_layout()
-    tmp = path.with_name(".lab.png.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(path)
+    write_bytes_atomic(path, png.getvalue())

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from common.atomic import write_text_atomic
 from evaluation.world.serving import answer
 from evaluation.world.taste import day_prompts, fresh_prompts, messages, rate, satisfied
 
@@ -38,9 +39,7 @@ def write_events(path: str | os.PathLike, day: int, prompts: list[str], completi
             "user_id": f"u-{rng.randrange(n_users)}", "conversation_id": f"c-{seed}-{day}-{i}",
             "model_version": model_version, "prompt": messages(p), "completion": c,
             "label": "up" if up else "down"}))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
