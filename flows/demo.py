@@ -29,13 +29,9 @@ NOISE = 0.10
 EVAL_FRACTION = 0.2  # the demo's questions repeat a lot: 5% of them held out is a handful, too few to gate on
 SEED = 0
 MIN_GAIN = 0.15  # the demo fails if ground truth rises less than this from night 0 to the end
-# KTO settings that move this tiny world within a night; the trainer's defaults suit real models.
-# Measured on the demo's base (3 nights, one flow-free run each): the defaults (lr 5e-5, beta 0.1) gain ~6
-# points; lr 1e-3 for 1 epoch pushes every answer down at once (the desirable rewards fall to ~-14 with the
-# undesirable ones) and the model forgets its styles for word salad: +2 points; lr 3e-4 for 3 epochs
-# gains ~45 (10.7% -> 21.7% -> 41.3% -> 55.0%). Short texts: max_length 128.
-TRAIN = {"quantize": "nf4", "learning_rate": 3e-4, "beta": 0.5, "epochs": 3.0, "micro_batch_size": 8}
-TRAIN_YAML = "max_length: 128\nmax_prompt_length: 64\ncheckpoint_every: 0\n"
+# The world's KTO settings (evaluation/world/base.py: what moves this tiny world within a night), on the QLoRA
+# path; those the flow's parameters carry go there, the rest into the training YAML.
+FLOW_FIELDS = ("learning_rate", "beta", "epochs", "micro_batch_size")
 POLICY = Path(__file__).with_name("demo_policy.yaml")
 
 
@@ -57,7 +53,7 @@ def main() -> int:
     release_lock("default")  # the demo owns its registry: a lock left by a killed demo run must not block this one
     print("thumbs demo: building the tiny chat model (cached in .demo/base after the first run)")
     base = world.build_base(DEMO_DIR / "base")
-    train = dict(TRAIN)
+    train = {"quantize": "nf4", **{k: v for k, v in world.TRAIN_SETTINGS.items() if k in FLOW_FIELDS}}
     why = nf4_unavailable(pick_device("auto"))
     if why:  # QLoRA where bitsandbytes runs, plain LoRA elsewhere: same loss, same flow
         print(f"thumbs demo: 4-bit NF4 is not available here ({why}); training LoRA on the unquantised base")
@@ -108,8 +104,10 @@ def reset(folder: Path) -> None:
 
 
 def write_train_yaml() -> Path:
+    import yaml
+
     path = DEMO_DIR / "train.yaml"
-    path.write_text(TRAIN_YAML)
+    path.write_text(yaml.safe_dump({k: v for k, v in world.TRAIN_SETTINGS.items() if k not in FLOW_FIELDS}))
     return path.resolve()
 
 

@@ -10,17 +10,18 @@ a tiny chat model, its users with a hidden taste, their clicks and the ground tr
 
 Modules, in reading order:
     taste.py    what users ask, the three answer styles, the hidden judge `satisfied`, the noisy clicks `rate`
-    base.py     the base model: a 2-layer GPT-2 with the real GPT-2 tokenizer, warm-started on the styles
+    base.py     the base model: a 2-layer GPT-2 with the real GPT-2 tokenizer, warm-started on the styles, and
+                the KTO settings that move it within a night (TRAIN_SETTINGS: the demo's and the lab's)
     serving.py  the production model answering: `load_policy`, sampled `answer`s
     traffic.py  a day of traffic written as thumbs events JSONL, and the noise-free `ground_truth`
 """
 
-from evaluation.world.base import WorldConfig, build_base
+from evaluation.world.base import TRAIN_SETTINGS, WorldConfig, build_base
 from evaluation.world.serving import answer, load_policy
 from evaluation.world.taste import (HELD_OUT_TASKS, MAX_WORDS, POLITE_OPENERS, QUESTIONS, TASKS, day_prompts,
                                     fresh_prompts, messages, question, rate, satisfied, styled_answer)
 from evaluation.world.traffic import START, Day, ground_truth, simulate_day, write_events
 
-__all__ = ["WorldConfig", "build_base", "answer", "load_policy", "HELD_OUT_TASKS", "MAX_WORDS", "POLITE_OPENERS",
+__all__ = ["TRAIN_SETTINGS", "WorldConfig", "build_base", "answer", "load_policy", "HELD_OUT_TASKS", "MAX_WORDS", "POLITE_OPENERS",
            "QUESTIONS", "TASKS", "day_prompts", "fresh_prompts", "messages", "question", "rate", "satisfied",
            "styled_answer", "START", "Day", "ground_truth", "simulate_day", "write_events"]
