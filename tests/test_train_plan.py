@@ -9,8 +9,7 @@ import pytest
 
 from training.config import TrainConfig
 from training.data import DataError, Encoded, check_trainable
-from training.plan import batch_sizes, kl_partners, plan_epoch
-from training.trainer import Plan
+from training.plan import Plan, batch_sizes, kl_partners, plan_epoch
 
 
 def synthetic(n: int, shape: str, seed: int) -> Encoded:
@@ -130,7 +129,7 @@ def test_z0_pairs_from_a_sample_of_the_epoch_do_not_follow_the_length_grouped_ba
     own, sampled, lengths = [], [], []
     for step in range(batch_plan.steps_per_epoch):
         micro = batch_plan.micro_batches(step, 0)
-        (b,), (s,) = batch_plan.kl_pairs(step, 0, micro), sample_plan.kl_pairs(step, 0, micro)
+        (b,), (s,) = batch_plan.z0_pairs(step, 0, micro), sample_plan.z0_pairs(step, 0, micro)
         assert (b[0] == micro[0]).all()  # the micro-batch's own examples ...
         assert not np.array_equal(np.sort(s[0]), np.sort(micro[0]))  # ... or others, drawn from the split
         for examples, partners in (b, s):
@@ -143,7 +142,7 @@ def test_z0_pairs_from_a_sample_of_the_epoch_do_not_follow_the_length_grouped_ba
     assert abs(np.corrcoef(lengths, sampled)[0, 1]) < 0.3
     again = Plan(encoded, sample_plan.config, world=1)  # deterministic from the seed, so a resume sees the same
     assert all(np.array_equal(x[0][0], y[0][0]) for x, y in
-               ((sample_plan.kl_pairs(k, 0, [np.arange(8)]), again.kl_pairs(k, 0, [np.arange(8)])) for k in range(5)))
+               ((sample_plan.z0_pairs(k, 0, [np.arange(8)]), again.z0_pairs(k, 0, [np.arange(8)])) for k in range(5)))
 
 
 def test_the_config_refuses_an_unknown_pairing_or_objective():

@@ -5,7 +5,8 @@ Modules, in reading order:
     logprobs.py     summed completion log-probs from hidden states, chunked, fused frozen-head gradient
     sequences.py    rendering with the chat template, joint tokenization, the completion span, truncation
     data.py         a split's examples as token ids (Encoded), padded micro-batch tensors
-    plan.py         the epoch's micro-batches (never one example or one prompt) and the z0 derangement
+    plan.py         the epoch's micro-batches (never one example or one prompt), the z0 derangement, and Plan:
+                    which micro-batches each process trains on at each step, and z0's pairs in each
     model.py        the NF4/unquantised base with LoRA, the head's semantics, the Scorer (reference = adapter off)
     refcache.py     reference log-probs, computed once per snapshot and base, cached beside the snapshot
     config.py       TrainConfig, the typed config (defaults written out in kto.yaml)

@@ -1,4 +1,5 @@
-"""The per-epoch micro-batch plan and the z0 pairs inside each micro-batch.
+"""The per-epoch micro-batch plan, the z0 pairs inside each micro-batch, and `Plan`: which micro-batches each
+process trains on at each optimizer step.
 
 Guarantees, for every train-set size N ≥ 2 that `check_trainable` accepts (both classes, no prompt holding
 more than half of the examples):
@@ -11,8 +12,10 @@ more than half of the examples):
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from typing import List
+from dataclasses import dataclass, field
+from typing import Any, List
 
 import numpy as np
 
@@ -148,3 +151,63 @@ def kl_partners(groups: np.ndarray) -> np.ndarray:
     partners = np.empty(n, dtype=np.int64)
     partners[order] = order[(np.arange(n) + g) % n]
     return partners
+
+
+# --- the data stream: which micro-batches each process trains on at each step ----------------------------
+
+@dataclass
+class Plan:
+    """Which micro-batches each process trains on at each optimizer step, and z0's pairs in each."""
+    encoded: Any  # training.data.Encoded (which imports this module): its lengths and prompt groups are read
+    config: Any  # training.config.TrainConfig
+    world: int
+    _epoch: int = -1
+    _batches: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.per_step = self.world * self.config.gradient_accumulation_steps
+        # Sizes depend on N only; an epoch whose plan had to merge two micro-batches has fewer, and is padded.
+        planned = len(batch_sizes(len(self.encoded), self.config.micro_batch_size))
+        self.batches_per_epoch = math.ceil(planned / self.per_step) * self.per_step
+        self._epoch_batches(0)  # plan epoch 0 now: a plan that cannot be made fails before the model loads
+        self.steps_per_epoch = self.batches_per_epoch // self.per_step
+        c = self.config
+        self.total_steps = c.max_steps or max(1, math.ceil(c.epochs * self.steps_per_epoch))
+
+    def _epoch_batches(self, epoch: int) -> list:
+        if epoch != self._epoch:
+            c = self.config
+            batches = plan_epoch(self.encoded, epoch, c.seed, c.micro_batch_size, c.length_group_size)
+            # Like DistributedSampler: repeat the first micro-batches so every process gets the same count.
+            short = max(0, self.batches_per_epoch - len(batches))
+            self._epoch, self._batches = epoch, batches + (batches * (1 + short // len(batches)))[:short]
+        return self._batches
+
+    def micro_batches(self, step: int, rank: int) -> List[np.ndarray]:
+        """This process's micro-batches for optimizer step `step` (0-based), deterministic from the seed."""
+        out = []
+        for a in range(self.config.gradient_accumulation_steps):
+            g = step * self.per_step + a * self.world + rank
+            out.append(self._epoch_batches(g // self.batches_per_epoch)[g % self.batches_per_epoch])
+        return out
+
+    def z0_pairs(self, step: int, rank: int, micro: List[np.ndarray]) -> list:
+        """(examples, partners) per micro-batch: whose prompt meets whose completion in z0's estimate.
+
+        'batch': the micro-batch's own examples, deranged so no prompt meets its own completion.
+        'sample': as many examples drawn at random from the split, deterministic from (seed, step, rank); a
+        draw in which one prompt holds more than half is redrawn (after 8 tries the micro-batch is used)."""
+        groups = self.encoded.prompt_group
+        out = []
+        for a, idx in enumerate(micro):
+            examples = idx
+            if self.config.kl_pairs == "sample":
+                rng = np.random.default_rng([self.config.seed, step, rank, a])
+                for _ in range(8):
+                    draw = rng.choice(len(self.encoded), size=len(idx), replace=False)
+                    top = max(Counter(groups[draw].tolist()).values())
+                    if top <= len(draw) - top:
+                        examples = draw
+                        break
+            out.append((examples, examples[kl_partners(groups[examples])]))
+        return out

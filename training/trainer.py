@@ -14,8 +14,7 @@ import json
 import math
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -33,7 +32,7 @@ from training.data import Encoded, collate, desirable_only, encode, kl_partners
 from training.loss import estimate_kl, kto_loss
 from training.model import (Scorer, check_base_model, compute_dtype, load_model, load_tokenizer, model_files_fingerprint,
                             pick_device, resolve_model_path, weights_fingerprint)
-from training.plan import batch_sizes, plan_epoch
+from training.plan import Plan
 from training.refcache import cache_dir, cache_key, reference_logps
 
 
@@ -43,65 +42,6 @@ class TrainingError(RuntimeError):
 
 class Diverged(TrainingError):
     """The loss or the gradients stopped being finite; the last good checkpoint is kept."""
-
-
-# --- the data stream: which micro-batches each process trains on at each step ----------------------------
-
-@dataclass
-class Plan:
-    encoded: Encoded
-    config: TrainConfig
-    world: int
-    _epoch: int = -1
-    _batches: list = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.per_step = self.world * self.config.gradient_accumulation_steps
-        # Sizes depend on N only; an epoch whose plan had to merge two micro-batches has fewer, and is padded.
-        planned = len(batch_sizes(len(self.encoded), self.config.micro_batch_size))
-        self.batches_per_epoch = math.ceil(planned / self.per_step) * self.per_step
-        self._epoch_batches(0)  # plan epoch 0 now: a plan that cannot be made fails before the model loads
-        self.steps_per_epoch = self.batches_per_epoch // self.per_step
-        c = self.config
-        self.total_steps = c.max_steps or max(1, math.ceil(c.epochs * self.steps_per_epoch))
-
-    def _epoch_batches(self, epoch: int) -> list:
-        if epoch != self._epoch:
-            c = self.config
-            batches = plan_epoch(self.encoded, epoch, c.seed, c.micro_batch_size, c.length_group_size)
-            # Like DistributedSampler: repeat the first micro-batches so every process gets the same count.
-            short = max(0, self.batches_per_epoch - len(batches))
-            self._epoch, self._batches = epoch, batches + (batches * (1 + short // len(batches)))[:short]
-        return self._batches
-
-    def micro_batches(self, step: int, rank: int) -> List[np.ndarray]:
-        """This process's micro-batches for optimizer step `step` (0-based), deterministic from the seed."""
-        out = []
-        for a in range(self.config.gradient_accumulation_steps):
-            g = step * self.per_step + a * self.world + rank
-            out.append(self._epoch_batches(g // self.batches_per_epoch)[g % self.batches_per_epoch])
-        return out
-
-    def kl_pairs(self, step: int, rank: int, micro: List[np.ndarray]) -> list:
-        """(examples, partners) per micro-batch: whose prompt meets whose completion in z0's estimate.
-
-        'batch': the micro-batch's own examples, deranged so no prompt meets its own completion.
-        'sample': as many examples drawn at random from the split, deterministic from (seed, step, rank); a
-        draw in which one prompt holds more than half is redrawn (after 8 tries the micro-batch is used)."""
-        groups = self.encoded.prompt_group
-        out = []
-        for a, idx in enumerate(micro):
-            chosen = idx
-            if self.config.kl_pairs == "sample":
-                rng = np.random.default_rng([self.config.seed, step, rank, a])
-                for _ in range(8):
-                    draw = rng.choice(len(self.encoded), size=len(idx), replace=False)
-                    top = max(Counter(groups[draw].tolist()).values())
-                    if top <= len(draw) - top:
-                        chosen = draw
-                        break
-            out.append((chosen, chosen[kl_partners(groups[chosen])]))
-        return out
 
 
 def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str) -> float:
@@ -122,15 +62,15 @@ STAT_NAMES = ("loss", "examples", "n_desirable", "n_undesirable", "reward_desira
 
 def train_step(scorer: Scorer, micro: List[np.ndarray], encoded: Encoded, reference: torch.Tensor,
                weights: ClassWeights, config: TrainConfig, device: torch.device, pad_id: int,
-               processes: distributed.Processes, kl_pairs: Optional[list] = None) -> torch.Tensor:
+               processes: distributed.Processes, z0_pairs: Optional[list] = None) -> torch.Tensor:
     """Forward, backward and gradient sync for one optimizer step; returns the step's summed stats.
 
-    `kl_pairs` (from `Plan.kl_pairs`) are z0's (examples, partners) per micro-batch; by default the
+    `z0_pairs` (from `Plan.z0_pairs`) are z0's (examples, partners) per micro-batch; by default the
     micro-batch's own examples, deranged."""
     stats = torch.zeros(len(STAT_NAMES), dtype=torch.float64, device=device)
-    if kl_pairs is None:
-        kl_pairs = [(idx, idx[kl_partners(encoded.prompt_group[idx])]) for idx in micro]
-    for idx, (kl_idx, kl_from) in zip(micro, kl_pairs):
+    if z0_pairs is None:
+        z0_pairs = [(idx, idx[kl_partners(encoded.prompt_group[idx])]) for idx in micro]
+    for idx, (kl_idx, kl_from) in zip(micro, z0_pairs):
         batch = collate(encoded, idx, config.max_length, pad_id).to(device)
         with torch.no_grad():  # z0 first, so its activations are gone before the policy's are kept
             if config.objective == "kto" and config.z0 == "kl":
@@ -299,7 +239,7 @@ def fit(run: Run, say: Callable) -> dict:
         t0 = time.monotonic()
         micro = run.plan.micro_batches(step, processes.rank)
         stats = train_step(run.scorer, micro, run.encoded, run.reference, run.weights, c, run.device,
-                           run.tokenizer.pad_token_id, processes, run.plan.kl_pairs(step, processes.rank, micro))
+                           run.tokenizer.pad_token_id, processes, run.plan.z0_pairs(step, processes.rank, micro))
         row = summarize(stats, processes, len(micro), kto=c.objective == "kto")
         clip = c.max_grad_norm if c.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
