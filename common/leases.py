@@ -10,10 +10,13 @@ holder lives, free once their `.released` marker exists or their time is up. The
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
+import threading
 import time
+from typing import Callable, Iterator, Optional
 
 
 def newest_lease(fs, folder: str) -> tuple[int, bool]:
@@ -37,3 +40,24 @@ def lease_body(seconds: float) -> bytes:
     """A lease's content: who holds it and until when."""
     now = time.time()
     return json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "at": now, "expires": now + seconds}).encode()
+
+
+@contextlib.contextmanager
+def held(fs, path: str, seconds: float, still_mine: Optional[Callable[[], bool]] = None) -> Iterator[None]:
+    """Hold the lease just created at `path`: renewed every `seconds / 3` (while `still_mine()`, where given),
+    released (its `.released` marker written) on exit."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(seconds / 3):
+            if still_mine is None or still_mine():
+                fs.pipe_file(path, lease_body(seconds))
+
+    renewer = threading.Thread(target=renew, daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        fs.pipe_file(f"{path}.released", b"")

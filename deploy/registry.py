@@ -35,7 +35,6 @@ import json
 import os
 import posixpath
 import re
-import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -45,7 +44,7 @@ from typing import Iterator, List, Optional
 import fsspec
 
 from common.faults import fault_point
-from common.leases import lease_body, newest_lease
+from common.leases import held, lease_body, newest_lease
 
 DECISION = "decision.json"
 ALIASES = "aliases.json"
@@ -310,22 +309,11 @@ class Registry:
             for suffix in ("", ".released"):
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm_file(self.path(".locks", f"{old:012d}{suffix}"))
-        stop = threading.Event()
-        renewer = threading.Thread(target=self._renew, args=(self.path(".locks", f"{epoch + 1:012d}"), lease_s, stop),
-                                   daemon=True)
-        renewer.start()
         try:
-            yield
+            with held(self.fs, self.path(".locks", f"{epoch + 1:012d}"), lease_s, still_mine=self.still_holds_lock):
+                yield
         finally:
-            stop.set()
-            renewer.join()
             self._lease = None
-            self.fs.pipe_file(self.path(".locks", f"{epoch + 1:012d}.released"), b"")
-
-    def _renew(self, path: str, lease_s: float, stop: threading.Event) -> None:
-        while not stop.wait(lease_s / 3):
-            if self.still_holds_lock():
-                self.fs.pipe_file(path, lease_body(lease_s))
 
     def _lock_epoch(self) -> tuple:
         """(the newest lease's number, whether it is free to take)."""

@@ -32,13 +32,12 @@ import os
 import posixpath
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 from common.faults import fault_point
-from common.leases import lease_body, newest_lease
+from common.leases import held, lease_body, newest_lease
 from ingest import snapshot as layout
 
 CACHE_ENV = "THUMBS_CACHE"
@@ -233,20 +232,8 @@ def _lease(url: str, sha: str) -> Iterator[None]:
     for suffix in ("", ".released"):  # the lease before is history (numbers are never reused: a slow reader
         with contextlib.suppress(FileNotFoundError):  # of the folder can only see a newer lease taken)
             fs.rm_file(f"{folder}/{epoch:012d}{suffix}")
-    stop = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(fs, mine, lease_s, stop), daemon=True)
-    renewer.start()
-    try:
+    with held(fs, mine, lease_s):
         yield
-    finally:
-        stop.set()
-        renewer.join()
-        fs.pipe_file(f"{mine}.released", b"")
-
-
-def _renew(fs, path: str, lease_s: float, stop: threading.Event) -> None:
-    while not stop.wait(lease_s / 3):
-        fs.pipe_file(path, lease_body(lease_s))
 
 
 # --- snapshots ----------------------------------------------------------------------------------------------
