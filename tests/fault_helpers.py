@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -91,3 +93,32 @@ def feedback(path: Path) -> Path:
 
 def ingest_args(source: Path, lake: Path) -> list:
     return ["ingest", source, "--lake", lake, "--insecure-dev-key", "--quiet"]
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str, **extra_env: str):
+    """moto's standalone S3 server on a free loopback port, with `bucket` made; yields the environment that
+    points clients (this process's, set here and restored after, and subprocesses') at it."""
+    import fsspec
+    import pytest
+
+    moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", **extra_env}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached client would still point at another test's server
+    try:
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
+        yield env
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from deploy.export import HOST, ExportError, export, verify_export
 from deploy.registry import Registry, RegistryError, with_production
-from fault_helpers import kill_at, tree
+from fault_helpers import kill_at, moto_s3, tree
 from flows.cli import app
 
 pytestmark = pytest.mark.slow  # the module's fixture trains and evaluates three tiny adapters (~30 s, once)
@@ -377,28 +377,12 @@ def test_set_production_refuses_a_damaged_version_and_none_repairs_a_registry_wi
 # --- 7. object stores -----------------------------------------------------------------------------------
 
 @pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.services)])
-def store(request, tmp_path) -> str:
+def store(request, tmp_path):
     if request.param == "memory":
-        return f"memory://deploy-guards-{tmp_path.name}"
-    pytest.importorskip("s3fs")
-    moto_server = pytest.importorskip("moto.server")
-    import socket
-
-    import fsspec
-
-    fsspec.get_filesystem_class("s3").clear_instance_cache()  # none bound to another test's (stopped) server
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    mp = pytest.MonkeyPatch()
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}.items():
-        mp.setenv(key, value)
-    fsspec.filesystem("s3", skip_instance_cache=True).mkdir("deploy-guards")
-    request.addfinalizer(lambda: (mp.undo(), server.stop(), fsspec.get_filesystem_class("s3").clear_instance_cache()))
-    return "s3://deploy-guards/registry"
+        yield f"memory://deploy-guards-{tmp_path.name}"
+        return
+    with moto_s3("deploy-guards"):
+        yield "s3://deploy-guards/registry"
 
 
 def test_on_an_object_store_reads_are_verified_and_only_marked_copies_are_cleaned(store, world, tmp_path):

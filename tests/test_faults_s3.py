@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
-from fault_helpers import feedback, ingest_args, kill_at, thumbs, tree  # noqa: E402
+from fault_helpers import feedback, ingest_args, kill_at, moto_s3, thumbs, tree  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -28,30 +27,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.services]
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """(bucket URL, environment for subprocesses); the server is stopped at the end."""
-    import fsspec
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
-           "THUMBS_REGISTRY_LEASE_S": "3",  # a killed writer's lease blocks the rerun for 3s, not a minute
-           "THUMBS_LAKE_LEASE_S": "3"}  # the same for a killed ingest's lease on its source
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    fsspec.filesystem("s3", skip_instance_cache=True).mkdir("thumbs-test")
-    try:
+    with moto_s3("thumbs-test",
+                 THUMBS_REGISTRY_LEASE_S="3",  # a killed writer's lease blocks the rerun for 3s, not a minute
+                 THUMBS_LAKE_LEASE_S="3") as env:  # the same for a killed ingest's lease on its source
         yield "s3://thumbs-test", env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
 
 
 def train_and_evaluate(snapshot, base, out: Path, registry=None, seed: int = 42) -> Path:

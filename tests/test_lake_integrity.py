@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from fault_helpers import ROOT, env, feedback, ingest_args, kill_at, thumbs, visible, tree
+from fault_helpers import ROOT, env, feedback, ingest_args, kill_at, moto_s3, thumbs, visible, tree
 from ingest.job import IngestConfig, ingest
 from ingest.lake import LakeError, feedback_dataset, quarantine_table, read_record
 
@@ -441,31 +441,8 @@ def test_a_string_user_id_in_quarantine_is_its_lake_pseudonym(tmp_path):
 @pytest.fixture
 def s3_lake(tmp_path):
     """(a fresh s3:// lake URL, environment for subprocesses) on moto's standalone S3 server."""
-    import socket
-
-    moto_server = pytest.importorskip("moto.server")
-    import fsspec
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    extra = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-             "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "THUMBS_LAKE_LEASE_S": "3"}
-    saved = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    s3fs = pytest.importorskip("s3fs")
-    s3fs.S3FileSystem.clear_instance_cache()  # a cached client would still point at another test's server
-    try:
-        fsspec.filesystem("s3", skip_instance_cache=True).mkdir("lake-integrity")
+    with moto_s3("lake-integrity", THUMBS_LAKE_LEASE_S="3") as extra:
         yield "s3://lake-integrity/lake", extra
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.stop()
 
 
 @pytest.mark.slow
