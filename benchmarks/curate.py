@@ -9,12 +9,12 @@ Each contender runs in its own child process (this script with --one), so its pe
 sampled every 50 ms over the child and every process it starts, summed.
 - DuckDB: the same semantics as one SQL query over the lake's Parquet (`benchmarks/curate_duckdb.py`;
   the split hash is a Python UDF, the rest native), counts only, no writes; at 2 threads and 1.
-- pyarrow floor: `ingest.curation.add_keys` + `resolve` on the whole table in one process (no Beam,
+- pyarrow floor: `ingest.curate.rules.add_keys` + `resolve` on the whole table in one process (no Beam,
   no shuffle, no writes).
-- Beam in-process: `ingest.curate.curate` on its default runner, FnApiRunner, including the writes,
+- Beam in-process: `ingest.curate.pipeline.curate` on its default runner, FnApiRunner, including the writes,
   the re-read that proves the snapshot and the manifest.
 - Beam portable: the same on PortableRunner against a local job service and an external worker pool
-  (`ingest.portable`); the services start before the clock, their and the workers' memory counts.
+  (`ingest.curate.portable`); the services start before the clock, their and the workers' memory counts.
 All must agree on every count.
 """
 
@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil  # noqa: E402
 
 from benchmarks.report import record  # noqa: E402
-from ingest.curate import curate, partition_files  # noqa: E402
-from ingest.curation import CurateConfig, add_keys, resolve  # noqa: E402
+from ingest.curate.pipeline import curate, partition_files  # noqa: E402
+from ingest.curate.rules import CurateConfig, add_keys, resolve  # noqa: E402
 from ingest.lake import feedback_dataset  # noqa: E402
-from ingest.portable import local_portable_runner  # noqa: E402
+from ingest.curate.portable import local_portable_runner  # noqa: E402
 from ingest.schema import FEEDBACK_SCHEMA, MESSAGE_TYPE  # noqa: E402
 
 

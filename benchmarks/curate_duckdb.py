@@ -5,11 +5,11 @@
 
 Keys: NFC (`nfc_normalize`), whitespace runs folded to one space (RE2 `\\s+`, as Arrow's regex does),
 ends trimmed of Unicode whitespace (a regex class matching Arrow's `utf8_trim_whitespace`). Then the
-same stages as `ingest.curation.resolve`: first row per event_id, latest vote per (example, user),
+same stages as `ingest.curate.rules.resolve`: first row per event_id, latest vote per (example, user),
 majority with ties dropped, the empty / too-long filters, and the train/eval split by a hash of the
 prompt key. DuckDB has no function computing thumbs' split hash (a polynomial over the UTF-8 bytes
-with a splitmix64 finaliser, `ingest.keys.stable_hash`), so that one step is a vectorised Python UDF
-over Arrow arrays calling `ingest.keys.unit_interval`; everything else is native SQL. One difference
+with a splitmix64 finaliser, `ingest.curate.keys.stable_hash`), so that one step is a vectorised Python UDF
+over Arrow arrays calling `ingest.curate.keys.unit_interval`; everything else is native SQL. One difference
 by design: thumbs drops re-delivered event ids per hash bucket of the example, this query over the
 whole lake (the same for re-deliveries, which repeat the example).
 """
@@ -19,8 +19,8 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from ingest.curation import _SPLIT_SALT, CurateConfig
-from ingest.keys import unit_interval
+from ingest.curate.rules import _SPLIT_SALT, CurateConfig
+from ingest.curate.keys import unit_interval
 
 _WS = r"[\s\x{0B}\x{1C}-\x{1F}\x{85}\p{Z}]"
 _QUERY = r"""

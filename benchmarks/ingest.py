@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.report import record, timing_table  # noqa: E402
-from ingest.job import IngestConfig, ingest  # noqa: E402
+from ingest.intake.job import IngestConfig, ingest  # noqa: E402
 
 WORDS = ("the a model answer user please explain how why what code python data error help thanks "
          "good bad fine sorry could would maybe list table function return value").split()

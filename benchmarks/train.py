@@ -93,7 +93,7 @@ def build_model(directory: Path, shape: str, device: str = "cpu", seed: int = 0)
 
 def hh_rows(pairs: int) -> list[dict]:
     """The first `pairs` HH-RLHF pairs, split the way `thumbs ingest --format hh` splits them."""
-    from ingest.records import BadRow, split_hh_pair
+    from ingest.intake.records import BadRow, split_hh_pair
 
     rows = []
     with gzip.open(HH_TEST, "rt") as f:
@@ -114,7 +114,7 @@ def hh_rows(pairs: int) -> list[dict]:
 def write_snapshot(rows: list[dict], directory: Path) -> Path:
     import pyarrow as pa
 
-    from ingest.snapshot import TRAIN, write_split, write_stats
+    from ingest.curate.snapshot import TRAIN, write_split, write_stats
 
     table = pa.Table.from_pylist(rows, schema=pa.schema([
         ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),

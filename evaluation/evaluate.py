@@ -28,9 +28,9 @@ from evaluation.metrics import preference_metrics
 from evaluation.suites import load_suite, score_suite
 from common.atomic import write_json_atomic
 from common.configfile import config
-from ingest import snapshot as layout
-from ingest.remote import local_snapshot
-from ingest.snapshot import SnapshotError, read_split, read_stats
+from ingest.curate import snapshot as layout
+from ingest.curate.store import local_snapshot
+from ingest.curate.snapshot import SnapshotError, read_split, read_stats
 from training.data import DataError, encode
 from training.run_folder import RunFolderError, metrics_path, read_meta
 from training.model import (BaseModelError, check_base_model, load_tokenizer, pick_device, resolve_model_path,

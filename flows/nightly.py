@@ -33,8 +33,8 @@ def _log() -> Callable[[str], None]:
 
 @task(name="ingest", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10))
 def ingest_feedback(params: RetrainParams) -> dict:
-    from ingest.job import IngestConfig, ingest
-    from ingest.sources import expand_sources
+    from ingest.intake.job import IngestConfig, ingest
+    from ingest.intake.sources import expand_sources
 
     sources = expand_sources(params.sources)
     summary = ingest(sources, params.path("lake"), IngestConfig(format=params.source_format, scrub_pii=params.scrub_pii,
@@ -59,7 +59,7 @@ def _window(params: RetrainParams, today: Optional[date] = None) -> tuple:
 # exception class a file names): a file planted there must not be able to run code.
 @task(name="curate", retries=1, retry_delay_seconds=exponential_backoff(backoff_factor=10))
 def curate_window(params: RetrainParams) -> dict:
-    from ingest.curate import curate
+    from ingest.curate.pipeline import curate
 
     since, until = _window(params)
     stats = curate(params.path("lake"), params.path("snapshots"), since, until,

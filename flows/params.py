@@ -103,7 +103,7 @@ class RetrainParams(BaseModel):
 
     def curate_config(self):
         """The CurateConfig these parameters ask for: one place, so the curate task and its cache key agree."""
-        from ingest.curation import CurateConfig
+        from ingest.curate.rules import CurateConfig
 
         return CurateConfig(eval_fraction=self.eval_fraction)
 

@@ -9,9 +9,9 @@ from typing import List, Optional
 import typer
 
 from common.faults import DiskFull
-from ingest.job import IngestConfig, ingest
+from ingest.intake.job import IngestConfig, ingest
 from ingest.privacy import MissingKeyError
-from ingest.records import FORMATS, parse_timestamp, BadRow
+from ingest.intake.records import FORMATS, parse_timestamp, BadRow
 
 
 def ingest_command(
@@ -41,7 +41,7 @@ def ingest_command(
                                        "than the lake's sources' (a key rotated on purpose)."),
 ) -> None:
     """Validate feedback logs into the Parquet lake; bad rows go to LAKE/quarantine with a reason."""
-    from ingest.formats.options import DOWN_VALUES, UP_VALUES, FormatOptions
+    from ingest.intake.formats.options import DOWN_VALUES, UP_VALUES, FormatOptions
 
     def values(text, default):
         return tuple(v.strip() for v in text.split(",") if v.strip()) if text is not None else default
@@ -100,9 +100,9 @@ def curate_command(
     from datetime import date
 
     from common.configfile import load_config
-    from ingest.curate import CurateError, curate
-    from ingest.curation import CurateConfig
-    from ingest.balance import InsufficientData
+    from ingest.curate.pipeline import CurateError, curate
+    from ingest.curate.rules import CurateConfig
+    from ingest.curate.balance import InsufficientData
 
     try:
         config = load_config(CurateConfig, config_file, "curate config", policy=policy, eval_fraction=eval_fraction,
@@ -133,8 +133,9 @@ def curate_command(
 
 
 def _verify_command(snapshot: str) -> None:
-    from ingest.manifest import verify_snapshot
-    from ingest.remote import is_remote, verify_remote
+    from ingest.curate.manifest import verify_snapshot
+    from ingest.curate.store import verify_remote
+    from ingest.remote import is_remote
 
     problems = verify_remote(snapshot) if is_remote(snapshot) else verify_snapshot(snapshot)
     for problem in problems:
@@ -143,7 +144,7 @@ def _verify_command(snapshot: str) -> None:
         if is_remote(snapshot):
             advice = "curate it again (curate publishes a snapshot whole, under the same id)"
         else:
-            from ingest.snapshot import repair_advice
+            from ingest.curate.snapshot import repair_advice
 
             advice = repair_advice(Path(snapshot), None)  # the window and config from manifest.json
         typer.echo(f"error: snapshot {snapshot} does not match its manifest and stats ({len(problems)} "

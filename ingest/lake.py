@@ -52,7 +52,7 @@ FEEDBACK_DIR = "feedback"
 QUARANTINE_DIR = "quarantine"
 SOURCES_DIR = "_sources"
 LOCKS_DIR = ".locks"  # hidden: no reader, listing or upload takes it
-GENERATIONS_DIR = "_generations"  # ingest/formats/generations.py's store; its files are listed in records too
+GENERATIONS_DIR = "_generations"  # ingest/intake/formats/generations.py's store; its files are listed in records too
 COMPRESSION = "zstd"
 RECORD_VERSION = 2  # 2: records list their files with sha256 and the pseudonym key's fingerprint
 
@@ -444,7 +444,7 @@ class SourceWriter:
             self._placed.append(rel)
             proofs[rel] = proof
             fault_point("ingest.mid_commit")  # files in place, the source not yet recorded: readers skip them
-        # ingest/formats/generations.py's store of this source, renamed into place just before
+        # ingest/intake/formats/generations.py's store of this source, renamed into place just before
         for path in sorted(self.lake.glob(f"{GENERATIONS_DIR}/*/{self.sha[:16]}.parquet")):
             proofs[path.relative_to(self.lake).as_posix()] = {"rows": pq.ParquetFile(path).metadata.num_rows,
                                                                **file_proof(path)}

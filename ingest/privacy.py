@@ -101,7 +101,7 @@ def resolve_key(config_key: str | None, insecure_dev_key: bool) -> bytes:
               file=sys.stderr)
         return INSECURE_DEV_KEY.encode("utf-8")
     raise MissingKeyError(
-        f"no pseudonym key: set {KEY_ENV} (or `pseudonym_key` in the config) to a secret, "
+        f"no pseudonym key: set {KEY_ENV} to a secret, "
         "or pass --insecure-dev-key for a demo or a test"
     )
 

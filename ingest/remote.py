@@ -1,6 +1,7 @@
-"""The lake and the snapshots on an object store (s3://, gs://, any fsspec URL), through a local mirror.
+"""The lake on an object store (s3://, gs://, any fsspec URL), through a local mirror; snapshots use the same
+mirror and upload (ingest/curate/store.py).
 
-    thumbs ingest logs/*.jsonl --lake s3://bucket/thumbs/lake       (ingest/job.py, through leased_mirror)
+    thumbs ingest logs/*.jsonl --lake s3://bucket/thumbs/lake       (ingest/intake/job.py, through leased_mirror)
     thumbs curate --lake s3://bucket/thumbs/lake --out s3://bucket/thumbs/snapshots
     thumbs train --snapshot s3://bucket/thumbs/snapshots/3f2a9c0d1e4b5a6f ...
 
@@ -30,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,7 +38,6 @@ from typing import Callable, Iterator
 
 from common.faults import fault_point
 from common.leases import held, lease_body, newest_lease
-from ingest import snapshot as layout
 
 CACHE_ENV = "THUMBS_CACHE"
 LEASE_ENV = "THUMBS_LAKE_LEASE_S"  # how long a killed ingest's lease on a remote source blocks others
@@ -51,7 +50,7 @@ def is_remote(location) -> bool:
     return "://" in text and not text.startswith(("file://", "local://"))
 
 
-def _fs(url: str):
+def store_fs(url: str):
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(url)
@@ -66,11 +65,11 @@ def mirror_dir(url: str) -> Path:
     return base / "mirror" / protocol / rest.strip("/")
 
 
-def _hidden(rel: str) -> bool:
+def hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/"))
 
 
-def _listing(fs, root: str) -> dict[str, int]:
+def listing(fs, root: str) -> dict[str, int]:
     """{relative path: bytes} of every visible object under root."""
     if not fs.exists(root):
         return {}
@@ -78,7 +77,7 @@ def _listing(fs, root: str) -> dict[str, int]:
     out = {}
     for name, info in found.items():
         rel = posixpath.relpath(name, root)
-        if info.get("type", "file") == "file" and not _hidden(rel):
+        if info.get("type", "file") == "file" and not hidden(rel):
             out[rel] = info["size"]
     return out
 
@@ -86,10 +85,10 @@ def _listing(fs, root: str) -> dict[str, int]:
 def pull(url: str, local: Path | None = None, fresh: Callable[[str], bool] = lambda rel: False) -> Path:
     """Download every object of `url` the mirror lacks (or holds at another size; or that `fresh` names,
     whatever its size); returns the mirror."""
-    fs, root = _fs(url)
+    fs, root = store_fs(url)
     local = Path(local or mirror_dir(url))
     local.mkdir(parents=True, exist_ok=True)
-    for rel, size in sorted(_listing(fs, root).items()):
+    for rel, size in sorted(listing(fs, root).items()):
         target = local / rel
         if target.is_file() and target.stat().st_size == size and not fresh(rel):
             continue
@@ -110,12 +109,12 @@ def _download(fs, key: str, target: Path) -> None:
 def push(local: Path, url: str, is_mark: Callable[[str], bool], marks: bool = True, always=()) -> int:
     """Upload every visible file of `local` the store lacks (or holds at another size; or named in `always`),
     marks last (`marks=False`: all but the marks, which the caller writes). Returns how many were uploaded."""
-    fs, root = _fs(url)
-    remote = _listing(fs, root)
+    fs, root = store_fs(url)
+    remote = listing(fs, root)
     todo = []
     for path in sorted(Path(local).rglob("*")):
         rel = path.relative_to(local).as_posix()
-        if path.is_file() and not _hidden(rel) and (remote.get(rel) != path.stat().st_size or rel in always):
+        if path.is_file() and not hidden(rel) and (remote.get(rel) != path.stat().st_size or rel in always):
             todo.append(rel)
     todo.sort(key=is_mark)  # stable: data in name order, then the marks in name order
     if not marks:
@@ -164,7 +163,7 @@ def pull_lake(url: str, replacing=()) -> Path:
     with --force, the repair) are not checked."""
     from ingest.lake import LakeError, file_proof, records
 
-    fs, root = _fs(url)
+    fs, root = store_fs(url)
     local = pull(url, fresh=_lake_mark)
     for sha, record in records(local, skip=set(replacing)).items():
         for entry in record.get("files") or []:
@@ -192,8 +191,8 @@ def _remove_unlisted(url: str, mirror: Path, shas: list[str]) -> None:
 
     if not shas:
         return
-    fs, root = _fs(url)
-    there = _listing(fs, root)
+    fs, root = store_fs(url)
+    there = listing(fs, root)
     for sha in shas:
         record = read_record(mirror, sha)
         if record is None or record.get("files") is None:
@@ -212,7 +211,7 @@ def _lease(url: str, sha: str) -> Iterator[None]:
     create-if-absent write (S3 If-None-Match). Free when its holder wrote `<n>.released`, or expired: a live
     holder renews it every third of THUMBS_LAKE_LEASE_S, so a killed one blocks others that long at most.
     The last lease and its marker stay (hidden: no listing, pull or push takes them)."""
-    fs, root = _fs(url)
+    fs, root = store_fs(url)
     folder = f"{root}/.locks/{sha}"
     lease_s = float(os.environ.get(LEASE_ENV) or DEFAULT_LEASE_S)
     told = False
@@ -234,88 +233,3 @@ def _lease(url: str, sha: str) -> Iterator[None]:
             fs.rm_file(f"{folder}/{epoch:012d}{suffix}")
     with held(fs, mine, lease_s):
         yield
-
-
-# --- snapshots ----------------------------------------------------------------------------------------------
-
-def _snapshot_mark(rel: str) -> bool:
-    return rel == layout.STATS
-
-
-def publish_snapshot(local: Path, url: str) -> None:
-    """Upload the finished local snapshot `local` to `url` (a folder of that snapshot id), stats.json last.
-
-    Safe beside another run publishing the same id (two models' nightlies on one lake): nothing is deleted
-    that this run wrote or will write; objects of this id that this run does not have (left by a run whose
-    runner sharded differently) are removed; the upload is checked (every file there, at its size) before
-    the mark, and the mark is a create-if-absent write (S3 If-None-Match), so of two runs one publishes
-    and the other finds it published. Readers still check every byte against the manifest."""
-    fs, root = _fs(url)
-    mark = f"{root}/{layout.STATS}"
-    if fs.exists(mark):
-        return
-    push(local, url, _snapshot_mark, marks=False)
-    ours = {p.relative_to(local).as_posix(): p.stat().st_size for p in Path(local).rglob("*")
-            if p.is_file() and not _hidden(p.relative_to(local).as_posix())}
-    there = _listing(_fs(url)[0], root)
-    for rel in sorted(there.keys() - ours.keys()):
-        fs.rm_file(f"{root}/{rel}")
-    missing = [rel for rel, size in ours.items() if rel != layout.STATS and there.get(rel) != size]
-    if missing:
-        raise layout.SnapshotError(f"the upload of {url} is incomplete ({', '.join(missing[:3])}): nothing was "
-                                   "published; run curate again")
-    fault_point("remote.before_mark")  # every file in the store, stats.json not yet
-    try:
-        fs.pipe_file(mark, (Path(local) / layout.STATS).read_bytes(), mode="create")
-    except FileExistsError:
-        pass  # another run of the same snapshot id published first: the same inputs, the same snapshot
-
-
-def remote_published(url: str) -> bool:
-    fs, root = _fs(url)
-    return fs.exists(f"{root}/{layout.STATS}")
-
-
-def verify_remote(url: str) -> list[str]:
-    """`verify_snapshot` of what the store holds now (downloaded afresh, not the mirror); [] when whole."""
-    import tempfile
-
-    from ingest.manifest import verify_snapshot
-
-    url = url.rstrip("/")
-    with tempfile.TemporaryDirectory(prefix=".thumbs-verify-") as scratch:
-        return verify_snapshot(pull(url, Path(scratch) / url.rsplit("/", 1)[-1]))
-
-
-def local_snapshot(snapshot) -> Path:
-    """A snapshot folder to read: a local path as it is; a URL as its verified local mirror.
-
-    Refuses (SnapshotError) a remote folder without stats.json (an unfinished upload) and a download that
-    differs from its manifest."""
-    if not is_remote(snapshot):
-        return Path(snapshot)
-    from ingest.manifest import verify_snapshot
-
-    url = str(snapshot).rstrip("/")
-    if not remote_published(url):
-        raise layout.SnapshotError(f"{url} has no {layout.STATS}: not a finished `thumbs curate` snapshot (an "
-                                   "interrupted upload, or a wrong path); run curate again")
-    local = mirror_dir(url)
-    if layout.is_published(local):
-        return local
-    shutil.rmtree(local, ignore_errors=True)  # an unfinished folder of this id: never read, replaced whole
-    work = local.parent / f".pull-{os.getpid()}"  # downloaded under the snapshot's own name, checked, renamed
-    shutil.rmtree(work, ignore_errors=True)
-    try:
-        staged = pull(url, work / local.name)
-        problems = verify_snapshot(staged)
-        if problems:
-            raise layout.SnapshotError(f"{url} does not match its manifest: {'; '.join(problems[:5])}")
-        try:
-            os.rename(staged, local)
-        except OSError:
-            if not layout.is_published(local):  # another process finished the same download first
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return local

@@ -55,8 +55,8 @@ def hh_snapshot(tmp_path_factory) -> Path:
     """A real snapshot (ingest + Beam curate) of the first 100 shared HH-RLHF pairs: ~200 thumbs-up/down events."""
     import gzip
 
-    from ingest.curate import curate
-    from ingest.job import IngestConfig, ingest
+    from ingest.curate.pipeline import curate
+    from ingest.intake.job import IngestConfig, ingest
 
     root = tmp_path_factory.mktemp("hh")
     with gzip.open(HH_PATH, "rt") as f:
@@ -78,9 +78,9 @@ def style_snapshot(tmp_path_factory) -> Path:
     import gzip
     import json
 
-    from ingest.curate import curate
-    from ingest.curation import CurateConfig
-    from ingest.job import IngestConfig, ingest
+    from ingest.curate.pipeline import curate
+    from ingest.curate.rules import CurateConfig
+    from ingest.intake.job import IngestConfig, ingest
 
     root = tmp_path_factory.mktemp("style")
     events = []

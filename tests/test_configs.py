@@ -11,8 +11,8 @@ from evaluation.evaluate import EvalConfig
 from evaluation.promotion import DEFAULT_POLICY, PromotionPolicy
 from flows.demo import POLICY as DEMO_POLICY
 from flows.params import RetrainParams
-from ingest.curation import CurateConfig
-from ingest.job import IngestConfig
+from ingest.curate.rules import CurateConfig
+from ingest.intake.job import IngestConfig
 from training.config import DEFAULTS_YAML, TrainConfig
 
 

@@ -1,6 +1,6 @@
 """The same snapshot on every runner tested here: FnApiRunner, BundleBasedDirectRunner and PortableRunner.
 
-PortableRunner runs against a real local job service and an external worker pool (`ingest.portable`),
+PortableRunner runs against a real local job service and an external worker pool (`ingest.curate.portable`),
 started once for this module on free ports: the protocol Flink, Spark and Dataflow speak. Each runner
 must give the same snapshot id, the same rows (sorted) in each split, the same stats.json, and a
 snapshot that verifies. Lakes: real HH-RLHF pairs with PandaLM's conflicting annotators, and a synthetic
@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import HH_PATH, PANDALM_PATH
-from ingest.curate import curate
-from ingest.curation import CurateConfig
-from ingest.job import IngestConfig, ingest
-from ingest.manifest import verify_snapshot
-from ingest.portable import local_portable_runner
+from ingest.curate.pipeline import curate
+from ingest.curate.rules import CurateConfig
+from ingest.intake.job import IngestConfig, ingest
+from ingest.curate.manifest import verify_snapshot
+from ingest.curate.portable import local_portable_runner
 from test_curate_snapshots import pandalm_events
 
 pytestmark = pytest.mark.slow

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from conftest import HH_PATH, PANDALM_PATH
 from flows.cli import app
-from ingest.curate import curate
-from ingest.curation import CurateConfig
-from ingest.job import IngestConfig, ingest
+from ingest.curate.pipeline import curate
+from ingest.curate.rules import CurateConfig
+from ingest.intake.job import IngestConfig, ingest
 
 T0 = datetime(2026, 11, 20, tzinfo=timezone.utc)
 

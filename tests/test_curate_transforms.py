@@ -12,9 +12,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 TestPipeline.__test__ = False  # a Beam class, not a pytest one
 from apache_beam.testing.util import assert_that, equal_to
 
-from ingest.balance import InsufficientData, class_weights
-from ingest.curation import CurateConfig, add_keys, resolve
-from ingest.curate import KeyByBucket, ResolveVotes, pipeline_options, CurateError
+from ingest.curate.balance import InsufficientData, class_weights
+from ingest.curate.rules import CurateConfig, add_keys, resolve
+from ingest.curate.pipeline import KeyByBucket, ResolveVotes, pipeline_options, CurateError
 from ingest.schema import FEEDBACK_SCHEMA
 
 T0 = datetime(2026, 11, 20, tzinfo=timezone.utc)

@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from ingest.curate import CurateError, curate, parquet_writer
-from ingest.curation import CurateConfig
-from ingest.job import IngestConfig, ingest
-from ingest.manifest import check_stats
+from ingest.curate.pipeline import CurateError, curate, parquet_writer
+from ingest.curate.rules import CurateConfig
+from ingest.intake.job import IngestConfig, ingest
+from ingest.curate.manifest import check_stats
 
 CONFIG = CurateConfig(eval_fraction=0.2, n_buckets=4)
 

@@ -7,7 +7,7 @@ import json
 import pyarrow.dataset as ds
 
 from evaluation import world
-from ingest.job import IngestConfig, ingest
+from ingest.intake.job import IngestConfig, ingest
 
 
 def test_hidden_taste_is_polite_and_brief_whatever_the_question():

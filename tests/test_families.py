@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from tests.conftest import SHARED
 from tests.test_train_sequences import END_OF_TURN, hh_rows, oracle
 from evaluation.scoring import score_examples
-from ingest.snapshot import TRAIN, read_stats, split_files, write_split, write_stats
+from ingest.curate.snapshot import TRAIN, read_stats, split_files, write_split, write_stats
 from training.config import TrainConfig
 from training.data import collate, encode
 from training.model import Scorer, UnsupportedHead, active_dropout, load_base

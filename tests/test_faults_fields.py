@@ -23,9 +23,9 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ingest.job import IngestConfig, ingest  # noqa: E402
+from ingest.intake.job import IngestConfig, ingest  # noqa: E402
 from ingest.lake import feedback_dataset, quarantine_table  # noqa: E402
-from ingest.records import MAX_DEPTH  # noqa: E402
+from ingest.intake.records import MAX_DEPTH  # noqa: E402
 
 LIMIT = 64  # max_text_chars: texts near and over the limit are cheap to generate
 

@@ -186,7 +186,7 @@ def local_run(tmp_path):
 
 
 def test_ingest_curate_and_train_on_s3_write_what_a_local_run_writes(s3, local_run, tiny_model, tmp_path):
-    from ingest.remote import local_snapshot
+    from ingest.curate.store import local_snapshot
 
     source, local_lake, local_snap = local_run
     env = {**s3[1], "THUMBS_CACHE": str(tmp_path / "cache")}
@@ -254,8 +254,8 @@ def test_ingest_killed_mid_upload_to_s3_shows_nothing_and_the_rerun_finishes(s3,
 
 
 def test_curate_killed_mid_upload_to_s3_publishes_nothing_and_the_rerun_publishes_it_whole(s3, local_run, tmp_path):
-    from ingest.remote import local_snapshot
-    from ingest.snapshot import SnapshotError
+    from ingest.curate.store import local_snapshot
+    from ingest.curate.snapshot import SnapshotError
 
     source, _, local_snap = local_run
     env = {**s3[1], "THUMBS_CACHE": str(tmp_path / "cache")}
@@ -315,7 +315,7 @@ def test_runs_publishing_the_same_snapshot_at_once_leave_one_whole_snapshot(s3, 
     itself before the mark, the mark is create-if-absent, and nothing is deleted that another run wrote."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ingest.remote import publish_snapshot, verify_remote
+    from ingest.curate.store import publish_snapshot, verify_remote
 
     _, _, local_snap = local_run
     url = f"{s3[0]}/concurrent/snapshots/{local_snap.name}"

@@ -68,7 +68,7 @@ def llama(tmp_path_factory) -> Path:
 def style(tmp_path_factory) -> Path:
     import pyarrow as pa
 
-    from ingest.snapshot import write_split, write_stats
+    from ingest.curate.snapshot import write_split, write_stats
 
     root = tmp_path_factory.mktemp("style")
     splits = {"train": [], "eval": []}

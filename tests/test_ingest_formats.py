@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import HH_PATH, PANDALM_PATH
-from ingest.formats.options import FormatOptions
-from ingest.job import IngestConfig, ingest
+from ingest.intake.formats.options import FormatOptions
+from ingest.intake.job import IngestConfig, ingest
 from ingest.lake import feedback_dataset, quarantine_table
-from ingest.records import split_hh_pair
+from ingest.intake.records import split_hh_pair
 
 T0 = "2026-11-20T03:00:00+00:00"
 

@@ -6,7 +6,7 @@ import json
 
 from test_ingest_formats import assert_same_lake_as_events, config, event, hh, pandalm, reasons, rows, write_jsonl
 
-from ingest.job import ingest
+from ingest.intake.job import ingest
 from ingest.lake import quarantine_table
 
 # -- OpenTelemetry GenAI ----------------------------------------------------------------------------------

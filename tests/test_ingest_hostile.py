@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from ingest import arrow_path
-from ingest.job import IngestConfig, ingest
+from ingest.intake import arrow_path
+from ingest.intake.job import IngestConfig, ingest
 from ingest.lake import feedback_dataset, quarantine_table
 from ingest.privacy import Pseudonymizer
-from ingest.records import TOO_DEEP
+from ingest.intake.records import TOO_DEEP
 
 LIMIT = 1000  # max_text_chars for these tests
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.records import MAX_DEPTH, TOO_DEEP
+from ingest.intake.records import MAX_DEPTH, TOO_DEEP
 
 T0 = "2026-11-20T03:00:00+00:00"
 NS0 = 1_763_600_000_000_000_000
@@ -68,7 +68,7 @@ CASES = [("events", True), ("events", False)] + [(fmt, True) for fmt in GOOD if 
 INGEST = textwrap.dedent("""
     import json, sys
     from datetime import datetime
-    from ingest.job import IngestConfig, ingest
+    from ingest.intake.job import IngestConfig, ingest
     from ingest.lake import feedback_dataset, quarantine_table
     source, lake, fmt, vectorized = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
     config = IngestConfig(format=fmt, insecure_dev_key=True, vectorized=vectorized,

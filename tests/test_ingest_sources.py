@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from conftest import HH_PATH, ROOT
 from flows.cli import app
-from ingest.job import IngestConfig, ingest
+from ingest.intake.job import IngestConfig, ingest
 from ingest.lake import feedback_dataset, quarantine_table
 
 DEV = IngestConfig(insecure_dev_key=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.balance import BAND, ClassWeights, band_warning, class_weights
+from ingest.curate.balance import BAND, ClassWeights, band_warning, class_weights
 
 
 def test_weights_are_continuous_in_the_counts_and_land_in_the_band():

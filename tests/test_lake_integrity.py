@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fault_helpers import ROOT, env, feedback, ingest_args, kill_at, moto_s3, thumbs, visible, tree
-from ingest.job import IngestConfig, ingest
+from ingest.intake.job import IngestConfig, ingest
 from ingest.lake import LakeError, feedback_dataset, quarantine_table, read_record
 
 DEV = ["--insecure-dev-key"]
@@ -341,8 +341,8 @@ def test_a_killed_derived_ingest_rerun_after_midnight_holds_each_event_once(fmt,
 # --- 6. memory under a flood of bad lines ---------------------------------------------------------------------
 
 def test_quarantine_line_numbers_stay_exact_across_batches(tmp_path):
-    """More lines than one parse batch (ingest.validate.BATCH_LINES), good and bad mixed: every line lands once."""
-    from ingest.validate import BATCH_LINES
+    """More lines than one parse batch (ingest.intake.validate.BATCH_LINES), good and bad mixed: every line lands once."""
+    from ingest.intake.validate import BATCH_LINES
 
     n = 2 * BATCH_LINES + 123
     path = tmp_path / "mixed.jsonl"
@@ -373,7 +373,7 @@ def test_a_flood_of_bad_lines_ingests_in_bounded_memory(kind, tmp_path):
             f.write(FLOOD[kind][0] * 100_000)
     # The peak of this process alone: ru_maxrss survives fork and exec, so a child of a big pytest process would
     # start at its parent's peak; /proc's VmHWM is the new program's own (ru_maxrss where there is no /proc).
-    probe = ("import json, re, resource, sys\nfrom ingest.job import IngestConfig, ingest\n"
+    probe = ("import json, re, resource, sys\nfrom ingest.intake.job import IngestConfig, ingest\n"
              "s = ingest([sys.argv[1]], sys.argv[2], IngestConfig(format=sys.argv[3], insecure_dev_key=True),"
              " progress=False)\n"
              "try:\n    peak = int(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))\n"

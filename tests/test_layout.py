@@ -93,8 +93,23 @@ def import_circles(packages, root: Path = ROOT) -> list:
     return circles
 
 
+def test_intake_and_curation_share_storage_but_not_each_other():
+    """ingest/ holds two stages: intake writes the lake, curation reads it. Each may use the storage modules they
+    share (schema, lake, remote, privacy, progress), never the other stage's; only the command line joins them."""
+    crossings = []
+    for stage, other in (("intake", "curate"), ("curate", "intake")):
+        for path in sorted((ROOT / "ingest" / stage).rglob("*.py")):
+            crossings += [f"{path.relative_to(ROOT)} imports {name}" for name in sorted(module_imports(path))
+                          if name.startswith(f"ingest.{other}")]
+    for path in sorted((ROOT / "ingest").glob("*.py")):
+        if path.name != "cli.py":
+            crossings += [f"{path.relative_to(ROOT)} imports {name}" for name in sorted(module_imports(path))
+                          if name.startswith(("ingest.intake", "ingest.curate"))]
+    assert crossings == [], "imports across ingest's stages:\n" + "\n".join(crossings)
+
+
 def test_no_import_circle_anywhere():
-    """A circle (job -> formats.run -> job, say) means one of its files borrows what should have a home of its own."""
+    """A circle (job -> formats.batch -> job, say) means one of its files borrows what should have a home of its own."""
     circles = import_circles(LAYERS + ["benchmarks"])
     assert circles == [], "import circles:\n" + "\n".join(" -> ".join(c) for c in circles)
 
@@ -124,11 +139,11 @@ def test_renaming_a_layout_constant_changes_every_reader_and_writer(tmp_path, mo
 
     from deploy.cli import evaluate_command  # noqa: F401  (the command module imports cleanly under the rename)
     from evaluation.evaluate import EvalConfig, evaluate
-    from ingest import snapshot as layout
-    from ingest.curate import curate
-    from ingest.curation import CurateConfig
-    from ingest.job import IngestConfig, ingest
-    from ingest.manifest import verify_snapshot
+    from ingest.curate import snapshot as layout
+    from ingest.curate.pipeline import curate
+    from ingest.curate.rules import CurateConfig
+    from ingest.intake.job import IngestConfig, ingest
+    from ingest.curate.manifest import verify_snapshot
     from tests.conftest import HH_PATH
     from training import run_folder
     from training.config import TrainConfig

@@ -15,8 +15,8 @@ from datetime import datetime
 import pyarrow as pa
 import pytest
 
-from ingest.formats.options import FormatOptions
-from ingest.job import IngestConfig, ingest
+from ingest.intake.formats.options import FormatOptions
+from ingest.intake.job import IngestConfig, ingest
 from ingest.lake import feedback_dataset, quarantine_table
 from ingest.privacy import EMAIL_MASK, PHONE_MASK, SECRET_MASK, scrub_array_counted, scrub_text, scrub_text_counted
 

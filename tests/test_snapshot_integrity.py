@@ -28,11 +28,12 @@ from typer.testing import CliRunner
 from fault_helpers import kill_at, tree
 from flows.cli import app
 from ingest import remote
-from ingest.curate import curate
-from ingest.curation import CurateConfig
-from ingest.job import IngestConfig, ingest
-from ingest.manifest import verify_snapshot
-from ingest.snapshot import (EVAL, TRAIN, SnapshotError, is_published, read_split, read_stats, split_files,
+from ingest.curate import store
+from ingest.curate.pipeline import curate
+from ingest.curate.rules import CurateConfig
+from ingest.intake.job import IngestConfig, ingest
+from ingest.curate.manifest import verify_snapshot
+from ingest.curate.snapshot import (EVAL, TRAIN, SnapshotError, is_published, read_split, read_stats, split_files,
                              write_split, write_stats)
 
 SINCE, UNTIL = "2026-11-19", "2026-11-20"  # a window, so the repair command must carry it
@@ -303,7 +304,7 @@ def test_a_snapshot_in_a_store_is_held_to_the_same_proof(damage, snapshot, tmp_p
 
     monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
     url = f"memory://thumbs-{tmp_path.name}/snapshots/{snapshot.name}"
-    remote.publish_snapshot(snapshot, url)
+    store.publish_snapshot(snapshot, url)
     damaged = None
     if damage is not None:  # damage what the store holds: a local copy, then each changed object put back
         staged = Path(shutil.copytree(snapshot, tmp_path / "staged"))
@@ -319,8 +320,8 @@ def test_a_snapshot_in_a_store_is_held_to_the_same_proof(damage, snapshot, tmp_p
     verified = invoke("curate", "--verify-only", url)
     if damaged is None:
         assert verified.exit_code == 0 and "verified" in verified.output
-        assert read_split(remote.local_snapshot(url)) == read_split(snapshot)
+        assert read_split(store.local_snapshot(url)) == read_split(snapshot)
         return
     assert verified.exit_code == 1 and damaged in verified.output
     with pytest.raises(SnapshotError, match=re.escape(damaged)):
-        remote.local_snapshot(url)
+        store.local_snapshot(url)

@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.conftest import TINY_GPT2
-from ingest.snapshot import read_split
+from ingest.curate.snapshot import read_split
 from training.data import DataError, collate, encode, kl_partners, plan_epoch, render
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ingest.snapshot import read_split
+from ingest.curate.snapshot import read_split
 from training.config import TrainConfig
 from training.data import collate, encode
 from training.model import Scorer, load_tokenizer

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ingest.snapshot import TRAIN, read_stats, split_files, write_stats
+from ingest.curate.snapshot import TRAIN, read_stats, split_files, write_stats
 from tests.conftest import ROOT
 from training.config import TrainConfig
 from training.model import weights_fingerprint

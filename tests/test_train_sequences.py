@@ -13,7 +13,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from ingest.records import split_hh_pair
+from ingest.intake.records import split_hh_pair
 from tests.conftest import HH_PATH, SHARED, TINY_GPT2
 from training.data import DataError, encode
 from training.sequences import Template, end_of_turn_id, fit_prompt
@@ -206,7 +206,7 @@ def test_thumbs_inspect_shows_the_trained_ids_and_the_marked_span(name, hh_snaps
     from typer.testing import CliRunner
 
     from flows.cli import app
-    from ingest.snapshot import read_split
+    from ingest.curate.snapshot import read_split
 
     base = SHARED / "tokenizers" / name
     result = CliRunner().invoke(app, ["inspect", "--snapshot", str(hh_snapshot), "--base-model", str(base),

@@ -1,12 +1,12 @@
-"""The poisoning defence (ingest/vote_caps.py) on hand-built Arrow tables, through curation's `resolve`."""
+"""The poisoning defence (ingest/curate/vote_caps.py) on hand-built Arrow tables, through curation's `resolve`."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pytest
 
-from ingest.curation import CurateConfig, add_keys, resolve
-from ingest.vote_caps import user_keep_fractions
+from ingest.curate.rules import CurateConfig, add_keys, resolve
+from ingest.curate.vote_caps import user_keep_fractions
 from tests.test_curate_transforms import rows
 
 
@@ -23,13 +23,13 @@ def test_user_share_cap_thins_the_heavy_account_to_its_share():
                                     table.column("desirable").combine_chunks(), 0.05)
     assert set(fractions) == {"mallory"}  # 45 thumbs-up, cap 2.25 of them: honest users (1 each) are untouched
     assert fractions["mallory"] == pytest.approx((1.0, 2.25 / 40))  # (thumbs-down kept, thumbs-up kept)
-    capped = CurateConfig(eval_fraction=0.0, max_user_share=0.05, user_keep=fractions)
-    train, _, counts = resolve(add_keys(table, 1), capped)
+    capped = CurateConfig(eval_fraction=0.0, max_user_share=0.05)
+    train, _, counts = resolve(add_keys(table, 1), capped, fractions)
     kept_spam = sum(c.startswith("rude") for c in train.column("completion").to_pylist())
     assert 0 <= kept_spam <= 8 and counts["dropped_user_cap"] == 40 - kept_spam
     assert sum(c.startswith("good") for c in train.column("completion").to_pylist()) == 10
     # Deterministic and bucket-independent: the same votes survive however the rows are bucketed.
-    spread = [resolve(part, capped)[0] for part in _buckets(add_keys(table, 8))]
+    spread = [resolve(part, capped, fractions)[0] for part in _buckets(add_keys(table, 8))]
     assert sorted(c for t in spread for c in t.column("completion").to_pylist()) == \
         sorted(train.column("completion").to_pylist())
 
@@ -50,7 +50,7 @@ def test_the_share_is_of_the_users_class_so_the_rare_class_is_not_cheap_to_steer
 
 
 def _buckets(table: pa.Table):
-    from ingest.curation import split_by_bucket
+    from ingest.curate.rules import split_by_bucket
     return [part for _, part in split_by_bucket(table)]
 
 
@@ -58,7 +58,6 @@ def test_defaults_keep_everything_and_the_example_cap_keeps_the_latest_votes():
     table = _poisoned()
     train, _, counts = resolve(add_keys(table, 1), CurateConfig(eval_fraction=0.0))
     assert train.num_rows == 50 and counts["dropped_user_cap"] == counts["dropped_example_cap"] == 0
-    assert "user_keep" not in CurateConfig().to_dict()  # derived data never enters the snapshot id
     # One answer, 5 votes: 3 early downs then 2 late ups; with a cap of 2 only the ups count.
     brigade = rows(*[(f"b{i}", f"u{i}", "Q", "A", i >= 3, i) for i in range(5)])
     train, _, counts = resolve(add_keys(brigade, 1), CurateConfig(eval_fraction=0.0, max_example_votes=2))

@@ -19,7 +19,7 @@ COMPLETION_OPEN, COMPLETION_CLOSE = "⟦", "⟧"
 def inspect_snapshot(snapshot: Path, base_model: str, *, n: int = 5, split: str = "train", max_length: int = 1024,
                      max_prompt_length: int = 512) -> dict:
     """The first `n` examples' ids and texts, the counts and the dropped rows, as training would tokenize them."""
-    from ingest.snapshot import read_split
+    from ingest.curate.snapshot import read_split
     from training.data import encode
     from training.model import load_tokenizer, resolve_model_path
     from training.sequences import Template, end_of_turn_id

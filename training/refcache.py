@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from common.atomic import write_json_atomic
-from ingest.snapshot import cache_dir as snapshot_cache_dir
+from ingest.curate.snapshot import cache_dir as snapshot_cache_dir
 from training.data import Encoded, collate
 from training.model import Scorer
 
@@ -38,7 +38,7 @@ KEY_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes")
 
 
 def cache_dir(snapshot: Path) -> Path:
-    """Where a snapshot's reference log-probs are cached: beside the snapshot (ingest/snapshot.py), never in it."""
+    """Where a snapshot's reference log-probs are cached: beside the snapshot (ingest/curate/snapshot.py), never in it."""
     return snapshot_cache_dir(snapshot, "refcache")
 
 

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from common.atomic import write_text_atomic
-from ingest.balance import ClassWeights, band_warning
+from ingest.curate.balance import ClassWeights, band_warning
 from training import checkpoint, distributed, run_folder
 from training.config import TrainConfig
-from ingest.remote import local_snapshot
-from ingest.snapshot import read_split, read_stats
+from ingest.curate.store import local_snapshot
+from ingest.curate.snapshot import read_split, read_stats
 from training.data import Encoded, collate, desirable_only, encode, kl_partners
 from training.loss import estimate_kl, kto_loss
 from training.model import (Scorer, check_base_model, compute_dtype, load_model, load_tokenizer, model_files_fingerprint,

@@ -2,7 +2,7 @@
 
 Each night: production answers the day's questions; honest users click (the world's hidden taste plus
 the variant's noise); adversaries, if any, add their votes; the variant's imbalance discards clicks;
-then `ingest.job.ingest` → `ingest.curate.curate` (Beam, the variant's CurateConfig) → `training.trainer.train`
+then `ingest.intake.job.ingest` → `ingest.curate.pipeline.curate` (Beam, the variant's CurateConfig) → `training.trainer.train`
 from the base on all feedback so far, as the nightly flow does. The new adapter always serves next
 (the promotion gate is left out: the lab measures what training does to the model). Ground truth and
 answer length are measured after each night on the world's held-out questions.
@@ -85,7 +85,7 @@ def adversaries_in(snapshot: Path, variant: Variant) -> dict:
     """The adversaries' examples in the train split (each votes on its own conversations, so one vote each)
     and their share of its thumbs-up; found by the pseudonyms ingest gave their ids."""
     from ingest.privacy import Pseudonymizer, resolve_key
-    from ingest.snapshot import read_split
+    from ingest.curate.snapshot import read_split
 
     if not variant.adversaries:
         return {"adversarial_kept": 0, "adversarial_up_share": 0.0}
@@ -141,9 +141,9 @@ def merge(base: Path, adapter: Path, folder: Path) -> Path:
 def run_variant(variant: Variant, seed: int, base: Path, work: Path, nights: int, n_events: int,
                 n_truth: int, night0: dict, say=print) -> dict:
     """Nights of one variant on one seed in `work` (wiped first); the per-night measurements."""
-    from ingest.curate import curate
-    from ingest.curation import CurateConfig
-    from ingest.job import IngestConfig, ingest
+    from ingest.curate.pipeline import curate
+    from ingest.curate.rules import CurateConfig
+    from ingest.intake.job import IngestConfig, ingest
     from training.config import TrainConfig
     from training.trainer import train
 

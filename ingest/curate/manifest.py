@@ -1,6 +1,6 @@
 """A snapshot that proves itself: its manifest, and the checks that its files say what its stats say.
 
-    from ingest.manifest import verify_snapshot
+    from ingest.curate.manifest import verify_snapshot
     problems = verify_snapshot("snapshots/3f2a9c0d1e4b5a6f")   # [] when the snapshot is whole
 
 `curate` runs the same checks on its work folder before the rename that publishes a snapshot, so a
@@ -9,7 +9,7 @@ stops the run instead of publishing. What the files determine is re-read from th
 the runner: rows per split and class, the class counts and weights in stats.json, and the count
 arithmetic (events in = events out + everything removed or dropped). `manifest.json` lists every
 data file with its size, sha256, rows and thumbs-ups and stats.json carries the sha256 of the manifest
-and of itself (`ingest/snapshot.py` writes and checks that proof on every read), so `thumbs curate
+and of itself (`ingest/curate/snapshot.py` writes and checks that proof on every read), so `thumbs curate
 --verify-only` can later tell a published snapshot from one a disk or a hand has changed.
 """
 
@@ -19,9 +19,9 @@ import json
 import warnings
 from pathlib import Path
 
-from ingest import snapshot as layout
-from ingest.balance import InsufficientData, class_weights
-from ingest.vote_caps import CAP_COUNTS
+from ingest.curate import snapshot as layout
+from ingest.curate.balance import InsufficientData, class_weights
+from ingest.curate.vote_caps import CAP_COUNTS
 
 
 def check_stats(stats: dict, entries: list[dict], events_in: int | None = None) -> list[str]:
@@ -71,7 +71,7 @@ def _check_weights(stats: dict, n_good: int, n_bad: int) -> list[str]:
 def _check_arithmetic(counts: dict, events_in: int | None) -> list[str]:
     """Every stage's count adds up: a runner that lost a bucket's counts (or rows) breaks one of these."""
     c = counts
-    capped = sum(c.get(k, 0) for k in CAP_COUNTS)  # votes the poisoning caps dropped (ingest/vote_caps.py)
+    capped = sum(c.get(k, 0) for k in CAP_COUNTS)  # votes the poisoning caps dropped (ingest/curate/vote_caps.py)
     dropped = sum(v for k, v in c.items() if k.startswith("dropped_")) - capped
     rules = [
         ("events_in", events_in, c.get("events_in")),
@@ -89,7 +89,7 @@ def _check_arithmetic(counts: dict, events_in: int | None) -> list[str]:
 def verify_snapshot(path: str | Path) -> list[str]:
     """Every way a published snapshot differs from its proof, its manifest and its stats; [] when it is whole.
 
-    The proof (stats.json's own sha256 and manifest.json's, `ingest/snapshot.py`) first; then what the files
+    The proof (stats.json's own sha256 and manifest.json's, `ingest/curate/snapshot.py`) first; then what the files
     hold against what stats.json claims. The same function checks a snapshot downloaded from a store
     (`ingest/remote.py`), so a remote copy is held to the same proof."""
     folder = Path(path)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from ingest.formats.base import Generation
+from ingest.intake.formats.base import Generation
 from ingest.lake import GENERATIONS_DIR, AtomicParquet, committed, parquet_format
 from ingest.privacy import scrub_text
 

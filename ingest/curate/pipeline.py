@@ -1,12 +1,12 @@
 """`thumbs curate`: the lake's feedback in a date window to a train/eval snapshot, on Apache Beam.
 
-    from ingest.curate import curate
+    from ingest.curate.pipeline import curate
     stats = curate("lake/", "snapshots/", since="2026-11-01", until="2026-11-20")
     stats["path"], stats["desirable_weight"], stats["undesirable_weight"]
 
 Arrow record batches, not rows, move through the pipeline (Beam pays per element): batches are
 keyed by a hash bucket of each row's example key, buckets are grouped, and dedupe and votes run in
-pyarrow inside the DoFn (`ingest/curation.py`). The bucket count bounds each worker's memory.
+pyarrow inside the DoFn (`ingest/curate/rules.py`). The bucket count bounds each worker's memory.
 
 Local default runner: FnApiRunner, in-process. Measured with Beam 2.77 on these machines: the
 default runner and DirectRunner first try to download the Prism binary and fall back only after a
@@ -16,11 +16,11 @@ other option after `--` passes through. Tested here on FnApiRunner, BundleBasedD
 PortableRunner (job service + external worker pool, the protocol Flink, Spark and Dataflow speak).
 
 Whatever the runner, nothing is published unverified: before the rename, the files written are
-re-read and checked against the counts (`ingest/manifest.py`); a mismatch stops the run, names the
+re-read and checked against the counts (`ingest/curate/manifest.py`); a mismatch stops the run, names the
 runner and the difference, and leaves nothing under `--out`. A snapshot is built in a hidden work
 folder `OUT/.SID.PID.RANDOM/SID/` beside an owner file; a curate that dies leaves that folder, and the
 next curate into OUT removes it once the owner's process is gone. A published snapshot whose proof
-fails (`ingest/snapshot.py`) is moved aside to `OUT/.damaged-SID-TIME/` (kept) and built again.
+fails (`ingest/curate/snapshot.py`) is moved aside to `OUT/.damaged-SID-TIME/` (kept) and built again.
 """
 
 from __future__ import annotations
@@ -45,14 +45,15 @@ from apache_beam.io.parquetio import ReadAllFromParquetBatched, WriteToParquetBa
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from ingest import remote, snapshot as layout
-from ingest.balance import class_weights
 from common.faults import as_disk_full, fault_point, one_error_for_disk_full
-from ingest.curation import CURATED_SCHEMA, CurateConfig, add_keys, resolve, split_by_bucket, sum_counts
+from ingest import remote
+from ingest.curate import snapshot as layout, store
+from ingest.curate.balance import class_weights
+from ingest.curate.manifest import check_stats
+from ingest.curate.rules import CURATED_SCHEMA, CurateConfig, add_keys, resolve, split_by_bucket, sum_counts
+from ingest.curate.vote_caps import user_caps
 from ingest.lake import FEEDBACK_DIR, committed
-from ingest.manifest import check_stats
 from ingest.schema import FEEDBACK_SCHEMA
-from ingest.vote_caps import with_user_caps
 
 SNAPSHOT_VERSION = 1
 DEFAULT_RUNNER = "FnApiRunner"
@@ -91,28 +92,28 @@ class _KeyByBucketFn(beam.DoFn):
 class ResolveVotes(beam.PTransform):
     """(bucket, batch) pairs to curated train and eval batches, and a dict of counts per bucket."""
 
-    def __init__(self, config: CurateConfig):
+    def __init__(self, config: CurateConfig, user_keep: dict | None = None):
         super().__init__()
-        self.config = config
+        self.config, self.user_keep = config, user_keep or {}
 
     def expand(self, keyed):
         # Three tagged outputs, each read by exactly one consumer (a sink or the counts' combine):
         # nothing is broadcast, so portable runners route it as written (tests/test_curate_runners.py).
         return (keyed
                 | "GroupBuckets" >> beam.GroupByKey()
-                | "Resolve" >> beam.ParDo(_ResolveFn(self.config)).with_outputs("eval", "counts", main="train"))
+                | "Resolve" >> beam.ParDo(_ResolveFn(self.config, self.user_keep)).with_outputs("eval", "counts", main="train"))
 
 
 class _ResolveFn(beam.DoFn):
-    def __init__(self, config: CurateConfig):
-        self.config = config
+    def __init__(self, config: CurateConfig, user_keep: dict):
+        self.config, self.user_keep = config, user_keep
         self.examples = Metrics.counter("curate", "examples")
 
     def process(self, element):
         import pyarrow as pa
 
         _, batches = element
-        train, eval_, counts = resolve(pa.concat_tables(list(batches)), self.config)
+        train, eval_, counts = resolve(pa.concat_tables(list(batches)), self.config, self.user_keep)
         self.examples.inc(counts["examples"])
         if train.num_rows:
             yield train
@@ -134,16 +135,16 @@ class Curate(beam.PTransform):
     """
 
     def __init__(self, files: list[str], out_dir: str, config: CurateConfig,
-                 writer: Callable[[str], beam.PTransform] = parquet_writer):
+                 writer: Callable[[str], beam.PTransform] = parquet_writer, user_keep: dict | None = None):
         super().__init__()
-        self.files, self.out_dir, self.config, self.writer = files, out_dir, config, writer
+        self.files, self.out_dir, self.config, self.writer, self.user_keep = files, out_dir, config, writer, user_keep
 
     def expand(self, pbegin):
         resolved = (pbegin
                     | "ListFiles" >> beam.Create(self.files)
                     | "ReadBatches" >> ReadAllFromParquetBatched(columns=FEEDBACK_SCHEMA.names)
                     | "KeyByBucket" >> KeyByBucket(self.config.n_buckets)
-                    | "ResolveVotes" >> ResolveVotes(self.config))
+                    | "ResolveVotes" >> ResolveVotes(self.config, self.user_keep))
         for tag, split in (("train", layout.TRAIN), ("eval", layout.EVAL)):  # Beam's output tags, the folders
             _ = resolved[tag] | f"Write{tag.title()}" >> self.writer(str(layout.split_dir(self.out_dir, split) / "part"))
         return (resolved.counts
@@ -202,7 +203,7 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
            writer: Callable[[str], beam.PTransform] = parquet_writer) -> dict:
     """Build (or find) the snapshot for this lake, window and config; returns its stats with `path`.
 
-    A published snapshot whose proof fails (ingest/snapshot.py) is moved aside, kept, and built again.
+    A published snapshot whose proof fails (ingest/curate/snapshot.py) is moved aside, kept, and built again.
     Raises CurateError, publishing nothing, when the files written disagree with the counts."""
     config = config or CurateConfig()
     if remote.is_remote(lake):
@@ -221,7 +222,7 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
     if published is not None:  # a finished snapshot is never rewritten
         return {**published, "path": str(final), "reused": True}
 
-    config = with_user_caps(config, files)  # per-user totals span buckets: counted once, before the job
+    user_keep = user_caps(config, files)  # per-user totals span buckets: counted once, before the job
     n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     runner = next((a.split("=", 1)[1] for a in beam_args if a.startswith("--runner=")), DEFAULT_RUNNER)
     print(f"curate: {n_rows:,} events in {len(files)} file(s) -> snapshot {sid}, on Beam's {runner}",
@@ -231,7 +232,7 @@ def curate(lake: str | Path, out: str | Path, since: date | None = None, until: 
     try:
         building = _start_work(out, sid)
         with one_error_for_disk_full(), beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
-            _ = pipeline | Curate([str(f) for f in files], str(building), config, writer)
+            _ = pipeline | Curate([str(f) for f in files], str(building), config, writer, user_keep)
         stats = _stats(sid, _read_counts(building, runner), config, since, until, files, lake)
         entries = _prove(building, stats, runner, n_rows)
         layout.write_stats(building, stats, entries, runner=runner, events_in=n_rows)  # last: seals, marks done
@@ -338,12 +339,12 @@ def _curate_to_store(lake: Path, url: str, since, until, config: CurateConfig, b
     files = partition_files(lake, since, until)
     if files:
         target = f"{url.rstrip('/')}/{snapshot_id(files, lake, config, since, until)}"
-        if remote.remote_published(target):  # a finished snapshot is never rewritten, there either
-            local = remote.local_snapshot(target)
+        if store.remote_published(target):  # a finished snapshot is never rewritten, there either
+            local = store.local_snapshot(target)
             return {**layout.read_stats(local), "path": target, "local_path": str(local), "reused": True}
     stats = curate(lake, remote.mirror_dir(url), since, until, config, beam_args, writer)
     target = f"{url.rstrip('/')}/{stats['snapshot_id']}"
-    remote.publish_snapshot(Path(stats["path"]), target)
+    store.publish_snapshot(Path(stats["path"]), target)
     return {**stats, "path": target, "local_path": stats["path"], "reused": False}
 
 

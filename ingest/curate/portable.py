@@ -1,6 +1,6 @@
 """Beam's portable path on this machine: a local job service and an external worker pool.
 
-    from ingest.portable import local_portable_runner
+    from ingest.curate.portable import local_portable_runner
     with local_portable_runner() as beam_args:
         curate("lake/", "snapshots/", beam_args=beam_args)
 

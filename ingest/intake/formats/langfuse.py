@@ -19,9 +19,9 @@ observation's `model` (a trace's own output: its `release`, else `version`).
 
 from __future__ import annotations
 
-from ingest.formats.base import (Generation, Ignored, Rating, Trace, optional_str, require_str, to_completion,
+from ingest.intake.formats.base import (Generation, Ignored, Rating, Trace, optional_str, require_str, to_completion,
                                  to_messages)
-from ingest.records import BadRow, describe
+from ingest.intake.records import BadRow, describe
 from ingest.schema import Reason
 
 

@@ -3,7 +3,7 @@ evaluation, verification and the flows read through it, and every read checks th
 
     SNAPSHOTS/<snapshot_id>/train/*.parquet       the train split: the lake schema + votes_up, votes_down
     SNAPSHOTS/<snapshot_id>/eval/*.parquet        the eval split (prompts never in train)
-    SNAPSHOTS/<snapshot_id>/manifest.json         every data file with bytes, sha256, rows (ingest/manifest.py)
+    SNAPSHOTS/<snapshot_id>/manifest.json         every data file with bytes, sha256, rows (ingest/curate/manifest.py)
     SNAPSHOTS/<snapshot_id>/stats.json            counts by stage and reason, class weights, window, config, inputs;
                                                   written last, with `proof`: the sha256 of manifest.json and of
                                                   stats.json's own content (so the chain covers every byte)
@@ -263,7 +263,7 @@ def repair_advice(folder: Path, stats: dict | None) -> str:
 
 
 def _curate_flags(hints: dict) -> tuple[list[str], str]:
-    from ingest.curation import CurateConfig  # the defaults: only what differs needs a flag
+    from ingest.curate.rules import CurateConfig  # the defaults: only what differs needs a flag
 
     window, config = hints.get("window"), hints.get("config")
     if not isinstance(window, dict) or not isinstance(config, dict):

@@ -1,6 +1,6 @@
 """`thumbs ingest`: feedback sources in, the Parquet lake out, with a summary a person can read.
 
-    from ingest.job import IngestConfig, ingest
+    from ingest.intake.job import IngestConfig, ingest
     summary = ingest(["logs/2026-11-20.jsonl.gz"], "lake/", IngestConfig(insecure_dev_key=True))
     print(summary.render())
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import asdict, field, replace
+from dataclasses import asdict, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -28,14 +28,15 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from common.configfile import config
-from ingest import lake as lake_files, remote, validate
-from ingest.formats.options import FormatOptions
+from ingest import lake as lake_files, remote
+from ingest.intake import validate
+from ingest.intake.formats.options import FormatOptions
 from ingest.privacy import Pseudonymizer, Scrubber, resolve_key
 from ingest.progress import Progress
-from ingest.records import FORMATS, FOREIGN_FORMATS, BadRow, RowContext
+from ingest.intake.records import FORMATS, FOREIGN_FORMATS, BadRow, RowContext
 from ingest.schema import Reason
-from ingest.sources import Block, SourceError, read_blocks, sha256_of
-from ingest.summary import IngestSummary, SourceSummary
+from ingest.intake.sources import Block, SourceError, read_blocks, sha256_of
+from ingest.intake.summary import IngestSummary, SourceSummary
 
 
 
@@ -43,13 +44,11 @@ from ingest.summary import IngestSummary, SourceSummary
 class IngestConfig:
     format: Literal[FORMATS] = "events"
     """Source format: `events` (the thumbs contract), `pairs` ({prompt, chosen, rejected}), `hh`, or one of
-    the tools' formats read by ingest/formats/ (`trl-kto`, `langfuse`, `langsmith`, `otel-genai`, `openai`)."""
+    the tools' formats read by ingest/intake/formats/ (`trl-kto`, `langfuse`, `langsmith`, `otel-genai`, `openai`)."""
     max_text_chars: int = Field(1_000_000, ge=1)
     """A prompt message, completion or id longer than this goes to quarantine (text_too_long)."""
     scrub_pii: bool = False
     """Mask e-mail addresses and phone numbers in prompts and completions."""
-    pseudonym_key: str | None = field(default=None, repr=False)
-    """HMAC key for user ids; THUMBS_PSEUDONYM_KEY wins over it. Never logged."""
     insecure_dev_key: bool = False
     """Allow the public dev key when no key is set (demos and tests only)."""
     default_timestamp: datetime | None = None
@@ -57,7 +56,7 @@ class IngestConfig:
     vectorized: bool = True
     """Parse `events` sources with Arrow first; False forces the per-line path (for tests)."""
     formats: FormatOptions = field(default_factory=FormatOptions)
-    """For the foreign formats (ingest/formats/): the score name and which values are up or down (a YAML
+    """For the foreign formats (ingest/intake/formats/): the score name and which values are up or down (a YAML
     mapping of its fields is read into one)."""
     force: bool = False
     """Ingest sources again even if recorded, replacing their files: repairs a damaged lake file or record."""
@@ -71,23 +70,25 @@ class IngestConfig:
 
 
 def ingest(sources: list[str | os.PathLike], lake: str | os.PathLike, config: IngestConfig | None = None,
-           progress: bool = True) -> IngestSummary:
-    """Ingest each source into the lake; see the module docstring."""
+           progress: bool = True, *, pseudonym_key: str | None = None) -> IngestSummary:
+    """Ingest each source into the lake; see the module docstring. The HMAC key for user ids is
+    THUMBS_PSEUDONYM_KEY, else `pseudonym_key` (from a caller's secret store): never a config field, so never
+    a flag, a file or a flow parameter that Prefect would store in the clear."""
     config = config or IngestConfig()
     if remote.is_remote(lake):  # an object store: through a local mirror, commit records uploaded last
-        return _ingest_into_store(sources, str(lake), config, progress)
+        return _ingest_into_store(sources, str(lake), config, progress, pseudonym_key)
     lake = Path(lake)
-    key = resolve_key(config.pseudonym_key, config.insecure_dev_key)
+    key = resolve_key(pseudonym_key, config.insecure_dev_key)
     fingerprint = lake_files.key_fingerprint(key)
     shas = {}
     for source in sources:
         with contextlib.suppress(SourceError):  # reported where the source's turn comes
             shas[str(source)] = sha256_of(str(source))
     lake_files.check_key(lake, fingerprint, config.allow_new_key, replacing=shas.values() if config.force else ())
-    if config.format in FOREIGN_FORMATS:  # joins across sources: ingest/formats/run.py drives the run
-        from ingest.formats.run import ingest_run
+    if config.format in FOREIGN_FORMATS:  # joins across sources: ingest/intake/formats/batch.py drives the run
+        from ingest.intake.formats.batch import ingest_batch
         with lake_files.claims(lake, shas.values(), fingerprint, config.force):  # the run commits them together
-            return ingest_run(sources, lake, replace(config, pseudonym_key=key.decode("utf-8")), progress)
+            return ingest_batch(sources, lake, config, key, progress)
     pseudonymize = Pseudonymizer(key)
     start = time.monotonic()
     summaries, done = [], set()
@@ -109,7 +110,8 @@ def ingest(sources: list[str | os.PathLike], lake: str | os.PathLike, config: In
     return IngestSummary(str(lake), summaries, time.monotonic() - start)
 
 
-def _ingest_into_store(sources: list, url: str, config: IngestConfig, progress: bool) -> IngestSummary:
+def _ingest_into_store(sources: list, url: str, config: IngestConfig, progress: bool,
+                       pseudonym_key: str | None) -> IngestSummary:
     """Each source leased on the store, the mirror brought down (checked), ingest into the mirror, then the
     new files uploaded with the records last."""
     shas = []
@@ -119,7 +121,7 @@ def _ingest_into_store(sources: list, url: str, config: IngestConfig, progress: 
         except SourceError:
             pass  # the local run reports it
     with remote.leased_mirror(url, shas, replacing=shas if config.force else ()) as mirror:
-        summary = ingest(sources, mirror, config, progress)
+        summary = ingest(sources, mirror, config, progress, pseudonym_key=pseudonym_key)
         remote.publish_lake(mirror, url, [s.sha256 for s in summary.sources if s.status == "ingested"])
     summary.lake = url
     return summary

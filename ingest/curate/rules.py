@@ -1,13 +1,13 @@
 """Curation logic on Arrow tables: keys, dedupe, vote resolution, filters and the train/eval split.
 
-Pure functions of tables and a config, with no Beam in them: the Beam job (`ingest/curate.py`) calls
+Pure functions of tables and a config, with no Beam in them: the Beam job (`ingest/curate/pipeline.py`) calls
 them on each hash bucket of rows, and the benchmark's floor calls them on the whole table at once.
 All rows of one example (prompt, completion) land in one bucket, so per-bucket results are exact.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, field
+from dataclasses import asdict
 from typing import Iterator, Literal
 
 import numpy as np
@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from common.configfile import config
-from ingest.keys import example_key, normalize_text, prompt_key, stable_hash, unit_interval
+from ingest.curate.keys import example_key, normalize_text, prompt_key, stable_hash, unit_interval
 from ingest.schema import FEEDBACK_SCHEMA
-from ingest.vote_caps import apply_caps
+from ingest.curate.vote_caps import apply_caps
 
 POLICIES = ("majority", "drop-conflicts", "latest")
 CURATED_SCHEMA = FEEDBACK_SCHEMA.append(pa.field("votes_up", pa.int32(), nullable=False)).append(
@@ -44,17 +44,12 @@ class CurateConfig:
     n_buckets: int = Field(64, ge=1)
     """Hash buckets the rows are grouped in; bounds what one worker holds at once."""
     max_user_share: float = Field(1.0, gt=0.0, le=1.0)
-    """Poisoning defence (ingest/vote_caps.py): a user's thumbs-up (or thumbs-down) beyond this share of the
+    """Poisoning defence (ingest/curate/vote_caps.py): a user's thumbs-up (or thumbs-down) beyond this share of the
     window's thumbs-up (or thumbs-down) are thinned to about that share; 1.0 keeps everything."""
     max_example_votes: int = Field(0, ge=0)
     """At most this many votes (the latest) count per example; 0 keeps everything."""
-    user_keep: dict = field(default_factory=dict, repr=False)
-    """Filled by vote_caps.with_user_caps from the lake files; derived data, left out of to_dict."""
-
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out.pop("user_keep")
-        return out
+        return asdict(self)
 
 
 def add_keys(rows: pa.Table, n_buckets: int) -> pa.Table:
@@ -92,8 +87,9 @@ def _first_per_group(rows: pa.Table, keys: list[str], order: list[tuple[str, str
     return rows.filter(pa.array(first))
 
 
-def resolve(rows: pa.Table, config: CurateConfig) -> tuple[pa.Table, pa.Table, dict[str, int]]:
-    """Keyed rows of one bucket to (train, eval, counts by stage and reason)."""
+def resolve(rows: pa.Table, config: CurateConfig, user_keep: dict | None = None) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """Keyed rows of one bucket to (train, eval, counts by stage and reason). `user_keep`: the keep fractions
+    of the users over `config.max_user_share` (vote_caps.user_caps of the whole window; None keeps every vote)."""
     counts = {"events_in": rows.num_rows}
     rows = _first_per_group(rows, ["event_id"], [("event_id", "ascending"), ("timestamp", "ascending"),
                                                  ("source", "ascending"), ("source_line", "ascending")])
@@ -103,7 +99,7 @@ def resolve(rows: pa.Table, config: CurateConfig) -> tuple[pa.Table, pa.Table, d
     rows = _first_per_group(rows, ["_example", "_user"], [("_example", "ascending"), ("_user", "ascending"),
                                                           ("timestamp", "descending"), ("event_id", "descending")])
     counts["removed_superseded_vote"] = n - rows.num_rows
-    rows = apply_caps(rows, config, counts)
+    rows = apply_caps(rows, config, counts, user_keep or {})
     counts["votes"] = rows.num_rows
 
     up = rows.group_by("_example", use_threads=False).aggregate([("desirable", "sum"), ("desirable", "count")])

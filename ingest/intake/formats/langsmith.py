@@ -16,8 +16,8 @@ conversation and the model come from the run's `extra.metadata` (`user_id`; `thr
 
 from __future__ import annotations
 
-from ingest.formats.base import Generation, Ignored, Rating, require_str, to_completion, to_messages
-from ingest.records import BadRow
+from ingest.intake.formats.base import Generation, Ignored, Rating, require_str, to_completion, to_messages
+from ingest.intake.records import BadRow
 from ingest.schema import Reason
 
 _THREAD_KEYS = ("thread_id", "session_id", "conversation_id")

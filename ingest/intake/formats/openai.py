@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingest.formats.base import Event, Unrated, optional_str, require, seconds_to_iso, to_completion, to_messages
-from ingest.records import BadRow
+from ingest.intake.formats.base import Event, Unrated, optional_str, require, seconds_to_iso, to_completion, to_messages
+from ingest.intake.records import BadRow
 from ingest.schema import Reason
 
 

@@ -1,7 +1,7 @@
 """The vectorised path for `events` sources: parse a block of lines with Arrow, accept what is clean.
 
 Arrow's JSON reader parses a block of lines in C++ in a fraction of what `json.loads` per line costs.
-This path is conservative by construction: it accepts only rows that `ingest/records.py` would accept
+This path is conservative by construction: it accepts only rows that `ingest/intake/records.py` would accept
 (and builds the same output for them); every other row, or the whole block when Arrow cannot type it
 (mixed types, blank lines, invalid UTF-8, metadata objects), goes back to the per-line path, which
 decides and explains. A test feeds the hostile corpus through both and compares the lake.
@@ -18,9 +18,9 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from ingest.privacy import PiiCounts, Pseudonymizer, scrub_array_counted
-from ingest.records import deep_lines
+from ingest.intake.records import deep_lines
 from ingest.schema import DOWN_LABELS, FEEDBACK_SCHEMA, MESSAGE_TYPE, ROLES, UP_LABELS
-from ingest.sources import UTF8_BOM
+from ingest.intake.sources import UTF8_BOM
 
 _STRING_FIELDS = ("event_id", "timestamp", "completion", "user_id", "conversation_id", "model_version")
 _PARSE = pj.ParseOptions(

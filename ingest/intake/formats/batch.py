@@ -6,7 +6,7 @@ Each line is parsed by its format's module into events, generations and ratings 
 is joined to a generation of its own line at once, else after every source of the run has been read
 (`join.py`), else among the generations earlier runs stored (`generations.py`); one whose generation is
 nowhere is quarantined as `orphan_feedback`, and rescued by a later run that brings it (`orphans.py`). Every joined record is serialised as a `--format events` line and goes
-through `ingest.validate`'s block parser (Arrow first, the per-line reference where Arrow cannot vouch),
+through `ingest.intake.validate`'s block parser (Arrow first, the per-line reference where Arrow cannot vouch),
 duplicate-id check and quarantine, with line numbers mapped back to the source's. The sources' files are
 committed together at the end of the run, each with its record last; on any error none is.
 """
@@ -26,16 +26,17 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest import lake as lake_files, validate
-from ingest.formats import generations, langfuse, langsmith, openai, orphans, otel_genai, trl_kto
-from ingest.formats.base import Event, Generation, Ignored, Rating, Trace, Unrated, event_record
-from ingest.formats.join import Index, fill_from_trace
-from ingest.privacy import Pseudonymizer, Scrubber, resolve_key
+from ingest import lake as lake_files
+from ingest.intake import validate
+from ingest.intake.formats import generations, langfuse, langsmith, openai, orphans, otel_genai, trl_kto
+from ingest.intake.formats.base import Event, Generation, Ignored, Rating, Trace, Unrated, event_record
+from ingest.intake.formats.join import Index, fill_from_trace
+from ingest.privacy import Pseudonymizer, Scrubber
 from ingest.progress import Progress
-from ingest.records import BadRow, RowContext, too_deep, too_deep_row
+from ingest.intake.records import BadRow, RowContext, too_deep, too_deep_row
 from ingest.schema import Reason
-from ingest.sources import Block, SourceError, read_blocks, sha256_of
-from ingest.summary import IngestSummary, SourceSummary
+from ingest.intake.sources import Block, SourceError, read_blocks, sha256_of
+from ingest.intake.summary import IngestSummary, SourceSummary
 
 PARSERS = {"trl-kto": trl_kto.parse, "langfuse": langfuse.parse, "langsmith": langsmith.parse,
            "otel-genai": otel_genai.parse, "openai": openai.parse}
@@ -53,7 +54,7 @@ def dumps(obj) -> bytes:
         return json.dumps(obj).encode()
 
 
-# Identities the tools write under other names than `user_id` (which ingest.job already pseudonymises).
+# Identities the tools write under other names than `user_id` (which ingest.intake.job already pseudonymises).
 _STR = rb'("(?:[^"\\]|\\.)*")'
 _USER_FIELDS = [re.compile(rb'("(?:userId|authorUserId|user)"\s*:\s*)' + _STR),
                 re.compile(rb'("key"\s*:\s*"(?:user\.id|enduser\.id)"\s*,\s*"value"\s*:\s*'
@@ -69,7 +70,7 @@ def _unquote(text: bytes) -> str:
 
 def raw_bytes(raw, pseudonymize) -> bytes:
     """What quarantine keeps: a line as read, or a nested record (an object until needed) as JSON; with the
-    user ids under the tools' names replaced by their pseudonyms, as ingest.job does for `user_id`."""
+    user ids under the tools' names replaced by their pseudonyms, as ingest.intake.job does for `user_id`."""
     raw = raw if isinstance(raw, bytes) else json.dumps(raw, ensure_ascii=False).encode("utf-8", "replace")
     for pattern in _USER_FIELDS:
         raw = pattern.sub(lambda m: m.group(1) + b'"' + pseudonymize(_unquote(m.group(2))).encode() + b'"', raw)
@@ -140,11 +141,11 @@ def _load(raw: bytes):
         return BadRow(Reason.MALFORMED_JSON, "JSON nested too deeply")
 
 
-class Run:
-    def __init__(self, lake: Path, config, progress: bool):
+class Batch:
+    def __init__(self, lake: Path, config, key: bytes, progress: bool):
         self.lake, self.config, self.progress = lake, config, progress
         self.parse = PARSERS[config.format]
-        self.pseudonymize = Pseudonymizer(resolve_key(config.pseudonym_key, config.insecure_dev_key))
+        self.pseudonymize = Pseudonymizer(key)
         self.default_ts = config.default_timestamp or datetime.now(timezone.utc).replace(microsecond=0)
         self.ctx = ParseContext(config.formats, Index(), self.default_ts.isoformat())
         self.events_config = replace(config, format="events")
@@ -351,10 +352,10 @@ class Run:
             src.summary.partitions = src.writer.commit(record)
 
 
-def ingest_run(sources, lake, config, progress: bool = True) -> IngestSummary:
-    """`ingest.job.ingest` for the foreign formats: same summary, same guarantees."""
+def ingest_batch(sources, lake, config, key: bytes, progress: bool = True) -> IngestSummary:
+    """`ingest.intake.job.ingest` for the foreign formats: same summary, same guarantees."""
     lake = Path(lake)
-    run = Run(lake, config, progress)
+    run = Batch(lake, config, key, progress)
     start = time.monotonic()
     summaries, seen = [], set()
     # The join index holds millions of small objects and makes none in cycles: the cyclic collector would

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from common.configfile import config
-from ingest.records import BadRow, describe
+from ingest.intake.records import BadRow, describe
 from ingest.schema import Reason
 
 UP_VALUES = ("up", "thumbs_up", "thumbs-up", "thumbsup", "positive", "good", "true", "👍")

@@ -18,15 +18,14 @@ desirable class's weight; the lab measured a cap on the share of all votes leavi
 users worse than no cap shown (LAB.md). Capped per class, that account holds at most `max_user_share`
 of either class.
 
-The user cap needs each user's totals over the whole window, which no hash bucket sees: `with_user_caps`
-counts them from the lake files (two columns) before the Beam job and hands the per-user keep fractions
-to every bucket inside the config. The fractions are derived from the files and the share, both already
+The user cap needs each user's totals over the whole window, which no hash bucket sees: `user_caps`
+counts them from the lake files (two columns) before the Beam job, which hands the per-user keep fractions
+to every bucket beside the config. The fractions are derived from the files and the share, both already
 in the snapshot id, so they are left out of it. Anonymous votes (no user id) count as one user each.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ingest.keys import unit_interval
+from ingest.curate.keys import unit_interval
 
 _CAP_SALT = "\x1cthumbs-user-cap-v1"
 
@@ -63,22 +62,23 @@ def user_keep_fractions(user_ids: pa.Array, desirable: pa.Array, max_user_share:
     return {user: tuple(keep) for user, keep in out.items()}
 
 
-def with_user_caps(config, files: list[Path]):
-    """`config` with the keep fractions of the users over `config.max_user_share` in `files` filled in."""
+def user_caps(config, files: list[Path]) -> dict[str, tuple]:
+    """The keep fractions of the users over `config.max_user_share` in `files` (derived data: not in the config,
+    so not in the snapshot id, which hashes the files themselves)."""
     if config.max_user_share >= 1.0 or not files:
-        return config
+        return {}
     tables = [pq.read_table(f, columns=["user_id", "desirable"]) for f in files]
     users = pa.concat_arrays([t.column("user_id").combine_chunks() for t in tables])
     labels = pa.concat_arrays([t.column("desirable").combine_chunks() for t in tables])
-    return dataclasses.replace(config, user_keep=user_keep_fractions(users, labels, config.max_user_share))
+    return user_keep_fractions(users, labels, config.max_user_share)
 
 
-def apply_caps(rows: pa.Table, config, counts: dict) -> pa.Table:
+def apply_caps(rows: pa.Table, config, counts: dict, user_keep: dict) -> pa.Table:
     """One bucket's votes (one per user per example already) with both caps applied; counts what each dropped."""
     n = rows.num_rows
     keep = np.ones(n, dtype=bool)
-    if config.user_keep and n:
-        fraction = np.array([config.user_keep.get(u, (1.0, 1.0))[up] for u, up in
+    if user_keep and n:
+        fraction = np.array([user_keep.get(u, (1.0, 1.0))[up] for u, up in
                              zip(rows.column("_user").to_pylist(), rows.column("desirable").to_pylist())])
         draw = unit_interval(pc.binary_join_element_wise(rows.column("_user"), rows.column("_example"),
                                                          _CAP_SALT))

@@ -1,5 +1,5 @@
 """Rows and quarantine rows from a block of lines, the steps both ingest paths share (events, pairs and hh in
-ingest/job.py; the foreign formats in ingest/formats/run.py): parse and validate a block (Arrow where it can vouch
+ingest/intake/job.py; the foreign formats in ingest/intake/formats/batch.py): parse and validate a block (Arrow where it can vouch
 for the rows, else the per-line reference), drop repeated event ids, and turn bad rows into quarantine rows whose
 raw line holds no user id in the clear.
 
@@ -15,12 +15,12 @@ import re
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest import arrow_path
+from ingest.intake import arrow_path
 from ingest.privacy import PiiCounts, Pseudonymizer, scrub_text
-from ingest.records import BadRow, RowContext, line_to_rows
+from ingest.intake.records import BadRow, RowContext, line_to_rows
 from ingest.schema import FEEDBACK_SCHEMA, QUARANTINE_SCHEMA, Reason
-from ingest.sources import Block
-from ingest.summary import SourceSummary
+from ingest.intake.sources import Block
+from ingest.intake.summary import SourceSummary
 
 BATCH_LINES = 10_000  # lines parsed (and their bad rows quarantined) at a time: memory stays flat under a flood
 

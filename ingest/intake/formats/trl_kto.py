@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ingest.formats.base import Event, to_completion, to_messages
-from ingest.records import BadRow
+from ingest.intake.formats.base import Event, to_completion, to_messages
+from ingest.intake.records import BadRow
 from ingest.schema import Reason
 
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ingest.formats.base import Generation, Ignored, Rating, nanos_to_iso, to_completion, to_messages
-from ingest.records import MAX_DEPTH, TOO_DEEP, BadRow, describe, too_deep
+from ingest.intake.formats.base import Generation, Ignored, Rating, nanos_to_iso, to_completion, to_messages
+from ingest.intake.records import MAX_DEPTH, TOO_DEEP, BadRow, describe, too_deep
 from ingest.schema import Reason
 
 EVALUATION = "gen_ai.evaluation.result"

@@ -1,6 +1,6 @@
 """Validate one feedback record and turn it into a lake row: the per-line path, pure Python.
 
-This is the reference for what a valid event is. The vectorised path (`ingest/arrow_path.py`) only
+This is the reference for what a valid event is. The vectorised path (`ingest/intake/arrow_path.py`) only
 accepts rows this module would accept, with the same output, and hands everything else back here.
 Three source formats become events: `events` (the thumbs contract), `pairs` ({prompt, chosen,
 rejected}) and `hh` (Anthropic HH-RLHF dialogues).
@@ -20,7 +20,7 @@ from typing import Any, Callable
 from ingest.schema import DOWN_LABELS, ROLES, UP_LABELS, Reason
 
 FORMATS = ("events", "pairs", "hh", "trl-kto", "langfuse", "langsmith", "otel-genai", "openai")
-FOREIGN_FORMATS = FORMATS[3:]  # read by ingest/formats/ into events records
+FOREIGN_FORMATS = FORMATS[3:]  # read by ingest/intake/formats/ into events records
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}

@@ -12,7 +12,7 @@ score in a later file may still name it. Split a very large export into several 
 
 from __future__ import annotations
 
-from ingest.formats.base import Generation
+from ingest.intake.formats.base import Generation
 
 
 _STRONG = "~"  # sorts after every "0"-prefixed weak rank

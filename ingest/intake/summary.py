@@ -1,6 +1,6 @@
 """What `thumbs ingest` reports: one SourceSummary a source (lines, accepted, quarantined by reason, what was
-masked), and the run's IngestSummary, rendered for a person or as JSON. Both ingest paths fill them (ingest/job.py,
-ingest/formats/run.py); a source's record in the lake is its summary's fields.
+masked), and the run's IngestSummary, rendered for a person or as JSON. Both ingest paths fill them (ingest/intake/job.py,
+ingest/intake/formats/batch.py); a source's record in the lake is its summary's fields.
 """
 
 from __future__ import annotations
