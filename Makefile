@@ -50,8 +50,8 @@ test-deps:
 
 # The local Prefect server and UI with the nightly and ad hoc deployments, on the demo's parameters.
 ui: $(STAMP)
-	@test -f .demo/params.yaml || { echo "run 'make demo' first (it writes .demo/params.yaml), or: $(PY) -m flows.cli ui --params FILE"; exit 2; }
-	$(PY) -m flows.cli ui --params .demo/params.yaml
+	@test -f .demo/thumbs.yaml || { echo "run 'make demo' first (it writes .demo/thumbs.yaml), or: $(PY) -m flows.cli ui --config FILE"; exit 2; }
+	$(PY) -m flows.cli ui --config .demo/thumbs.yaml
 
 # The alignment lab (benchmarks/quality.py): every arm, 3 seeds, 2 nights of 150 events; LAB_ARGS narrows it, e.g.
 # make lab LAB_ARGS="--arms poisoning --seeds 3 --nights 1 --events 60"

@@ -43,7 +43,7 @@ T = TypeVar("T")
 UNIONS = (Union, types.UnionType)  # Optional[X] and X | None
 
 CONFIG = ConfigDict(allow_inf_nan=False, use_attribute_docstrings=True, extra="forbid")
-"""Shared by every config class (`flows/params.py`'s models included)."""
+"""Shared by every config class (`flows/config.py`'s ThumbsConfig included)."""
 
 _WHAT = {  # pydantic's error type -> what the value must be
     "int_parsing": "must be a whole number", "int_from_float": "must be a whole number", "int_type": "must be a whole number",
@@ -216,25 +216,48 @@ def read_mapping(path: Union[str, Path]) -> dict:
     return data
 
 
+def _field_names(cls: type) -> set:
+    return set(getattr(cls, "__pydantic_fields__", None) or (f.name for f in dataclasses.fields(cls)))
+
+
+def _nested_configs(cls: type) -> set:
+    """Fields of `cls` that are configs themselves (their mapping is merged, not replaced)."""
+    fields = getattr(cls, "__pydantic_fields__", None) or {}
+    return {name for name, info in fields.items()
+            if isinstance(info.annotation, type) and dataclasses.is_dataclass(info.annotation)}
+
+
 def from_mapping(cls: Type[T], fields: Mapping[str, Any], what: Optional[str] = None) -> T:
     """`cls(**fields)` after refusing keys that are not fields of `cls` (a `@config` dataclass or a pydantic
     model), the known ones listed; a refused value is a ConfigError either way."""
-    known = set(getattr(cls, "__pydantic_fields__", None) or (f.name for f in dataclasses.fields(cls)))
+    known = _field_names(cls)
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ConfigError([(None, f"unknown {what or cls.__name__} field(s) {unknown}; known: {sorted(known)}")])
     try:
         return cls(**fields)
-    except ValidationError as err:  # a pydantic model (flows/params.py); `@config` classes raise ConfigError
+    except ValidationError as err:  # a pydantic model (flows/config.py); `@config` classes raise ConfigError
         raise ConfigError(explain(err, cls)) from None
 
 
-def load_config(cls: Type[T], path: Union[str, Path, None] = None, what: Optional[str] = None, **overrides: Any) -> T:
+def load_config(cls: Type[T], path: Union[str, Path, None] = None, what: Optional[str] = None, *,
+                section: Optional[str] = None, **overrides: Any) -> T:
     """Defaults, then the file at `path` (if any), then the overrides that are not None. A refused value
-    is named with where it came from: the file, or `what` (e.g. "training config") for an override."""
+    is named with where it came from: the file, or `what` (e.g. "training config") for an override.
+
+    `section`: the file may also be a whole thumbs.yaml (flows/config.py), of which this config is the
+    mapping under `section` (`train:`, say). An override of a nested config (IngestConfig.formats) is merged
+    into the file's, field by field."""
     fields = read_mapping(path) if path is not None else {}
+    if section is not None and isinstance(fields.get(section, {}), dict) and section in fields \
+            and section not in _field_names(cls):
+        fields = dict(fields[section] or {})
     given = {k: v for k, v in overrides.items() if v is not None}
-    fields.update(given)
+    nested = _nested_configs(cls)
+    for name, value in given.items():
+        if name in nested and isinstance(value, dict) and isinstance(fields.get(name), dict):
+            value = {**fields[name], **value}
+        fields[name] = value
     try:
         return from_mapping(cls, fields, what)
     except ConfigError as err:

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
+from common.cliflags import config_flags
+from common.configfile import load_config
+from deploy.config import ExportConfig
+from evaluation.config import EvalConfig
+from evaluation.promotion import PromotionPolicy
+
+CONFIG_HELP = "YAML of the config's fields, or a whole thumbs.yaml (its `{section}:` section); flags override it."
 REGISTRY_HELP = "Registry folder or fsspec URL (s3://bucket/registry, memory://...)."
 
 registry_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect the adapter registry.")
@@ -29,6 +36,7 @@ def _errors() -> tuple:
     return RegistryError, EvaluationError, ValueError, FileNotFoundError, DiskFull
 
 
+@config_flags(EvalConfig)
 def evaluate_command(
     adapter: Path = typer.Option(..., "--adapter", help="Adapter folder written by `thumbs train`."),
     snapshot: str = typer.Option(..., "--snapshot", help="Snapshot folder or URL whose eval split is scored."),
@@ -37,25 +45,18 @@ def evaluate_command(
     name: str = typer.Option("default", "--name", help="Model name inside the registry."),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Base model folder or cached hub id "
                                              "(default: the one the adapter was trained on)."),
-    suite: List[Path] = typer.Option([], "--suite", help="Task-suite JSONL (repeatable); see evaluation/suites.py."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where eval.json and report.md go (default: --adapter)."),
-    generation_prompts: int = typer.Option(32, "--generation-prompts", help="Eval prompts answered for length "
-                                           "drift; 0 skips generation."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Longest generated answer."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Eval examples per forward pass."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP.format(section="evaluate")),
     json_out: bool = typer.Option(False, "--json", help="Print eval.json on stdout."),
+    overrides: dict = None,
 ) -> None:
     """Score an adapter (and production's) on held-out feedback: preference AUC, drift, task suites."""
     from deploy.promote import evaluate_candidate
     from deploy.registry import Registry
-    from evaluation.evaluate import EvalConfig
     from evaluation.suites import SuiteError
 
     try:
-        config = EvalConfig(batch_size=batch_size, seed=seed, generation_prompts=generation_prompts,
-                            max_new_tokens=max_new_tokens, suites=[str(s) for s in suite], device=device)
+        config = load_config(EvalConfig, config_file, "eval config", section="evaluate", **overrides)
         result = evaluate_candidate(adapter, snapshot, Registry(registry, name) if registry else None,
                                     base_model=base_model, config=config, out=out, log=_say)
     except (*_errors(), SuiteError) as err:
@@ -64,21 +65,25 @@ def evaluate_command(
         typer.echo(json.dumps(result, indent=2))
 
 
+@config_flags(PromotionPolicy)
 def promote_command(
     adapter: Path = typer.Option(..., "--adapter", help="Evaluated adapter folder (`thumbs evaluate --registry`)."),
     registry: str = typer.Option(..., "--registry", help=REGISTRY_HELP),
     name: str = typer.Option("default", "--name", help="Model name inside the registry."),
-    policy: Optional[Path] = typer.Option(None, "--policy", help="Promotion policy YAML (evaluation/promotion.yaml)."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Promotion policy YAML (default "
+                                          "evaluation/promotion.yaml), or a whole thumbs.yaml (its `promotion:` "
+                                          "section); flags override it."),
     force: bool = typer.Option(False, "--force", help="Make it production even if checks fail (recorded as forced)."),
     json_out: bool = typer.Option(False, "--json", help="Print the decision record as JSON on stdout."),
+    overrides: dict = None,
 ) -> None:
     """Decide on a candidate, register it (promoted or rejected) and, if it passed, make it production."""
     from deploy.promote import promote
     from deploy.registry import Registry
-    from evaluation.promotion import PromotionPolicy
 
     try:
-        record = promote(adapter, Registry(registry, name), PromotionPolicy.load(policy), force=force, log=_say)
+        rules = PromotionPolicy.load(policy, **overrides)
+        record = promote(adapter, Registry(registry, name), rules, force=force, log=_say)
     except _errors() as err:
         _fail(err)
     if json_out:
@@ -91,7 +96,7 @@ def rollback_command(
     notify: Optional[str] = typer.Option(None, "--notify", help="Then export the restored production (peft) to "
                                          "--out and swap it into this vLLM server."),
     out: Optional[Path] = typer.Option(None, "--out", help="With --notify: the serving folder to export to."),
-    alias: str = typer.Option("thumbs", "--alias", help="With --notify: the model name clients request."),
+    alias: str = typer.Option("thumbs", "--notify-alias", help="With --notify: the model name clients request."),
 ) -> None:
     """Production <- previous production (and, with --notify, the vLLM server back onto it)."""
     from deploy.export import export
@@ -158,35 +163,32 @@ def set_production_command(
         _fail(err)
 
 
+@config_flags(ExportConfig)
 def export_command(
     version: str = typer.Argument(..., help="'production', 'previous' or a version id (v0003)."),
     registry: str = typer.Option(..., "--registry", help=REGISTRY_HELP),
     name: str = typer.Option("default", "--name", help="Model name inside the registry."),
-    fmt: str = typer.Option("peft", "--format", help="peft (adapter + serving.json) | merged (full weights)."),
-    out: Path = typer.Option(..., "--out", help="Serving folder: new, empty, or an earlier thumbs export (switched "
-                             "to the new one in one step; the one before kept as .OUT.previous). Through a symlink, "
-                             "the folder it points at."),
-    dtype: str = typer.Option("bfloat16", "--dtype", help="merged only: bfloat16 | float16 | float32."),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Base folder or cached id (default: the one "
                                              "the adapter was trained on): merged merges into it; peft reads its "
                                              "architecture to check the adapter against vLLM."),
-    max_lora_rank: Optional[int] = typer.Option(None, "--max-lora-rank", help="peft: the vLLM server's "
-                                                "--max-lora-rank; a higher adapter rank is refused."),
-    notify: Optional[str] = typer.Option(None, "--notify", help="peft: URL of a running vLLM OpenAI server "
-                                         "(http://host:8000) to load the export into, under --alias."),
-    alias: str = typer.Option("thumbs", "--alias", help="With --notify: the model name clients request."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP.format(section="export")),
+    overrides: dict = None,
 ) -> None:
     """Write a registered adapter for serving (vLLM, transformers); with --notify, swap it into a vLLM server."""
     from deploy.export import export
     from deploy.registry import Registry
 
     try:
-        export(Registry(registry, name), version, fmt, out, dtype=dtype, base_model=base_model,
-               max_lora_rank=max_lora_rank, for_vllm=notify is not None, log=_say)
+        settings = load_config(ExportConfig, config_file, "export config", section="export", **overrides)
+        if settings.out is None or settings.format == "none":
+            raise ValueError("export needs --out (the serving folder) and --format peft or merged")
+        export(Registry(registry, name), version, settings.format, Path(settings.out), dtype=settings.dtype,
+               base_model=base_model, max_lora_rank=settings.max_lora_rank, for_vllm=settings.notify is not None,
+               log=_say)
     except _errors() as err:
         _fail(err)
-    if notify:
-        _notify(notify, out, alias)
+    if settings.notify:
+        _notify(settings.notify, Path(settings.out), settings.notify_alias)
 
 
 def _notify(url: str, out: Path, alias: str) -> None:

@@ -49,14 +49,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 from deploy import vllm_rules, vllm_server
+from deploy.config import DTYPES, FORMATS
 from deploy.registry import Registry, RegistryError
 from common.faults import as_disk_full, fault_point
 from training.model import resolve_model_path, weights_fingerprint
 from training.run_folder import read_meta
 
 SERVING = "serving.json"  # an export's marker and record: what it holds, and the proof of every other file
-FORMATS = ("peft", "merged")
-DTYPES = ("bfloat16", "float16", "float32")
 # The plain template of training/data.py, as a chat template serving engines can apply.
 PLAIN_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '\\n\\n' }}"

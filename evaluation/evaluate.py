@@ -15,19 +15,18 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, List, Literal, Optional
+from typing import Callable, Optional
 
 import numpy as np
-from pydantic import Field
 
 from evaluation import report, scoring
 from evaluation.metrics import preference_metrics
 from evaluation.suites import load_suite, score_suite
 from common.atomic import write_json_atomic
-from common.configfile import config
+from evaluation.config import EvalConfig
 from ingest.curate import snapshot as layout
 from ingest.curate.store import local_snapshot
 from ingest.curate.snapshot import SnapshotError, read_split, read_stats
@@ -42,24 +41,6 @@ CANDIDATE, INCUMBENT = "candidate", "incumbent"
 
 class EvaluationError(ValueError):
     """The inputs cannot be evaluated as given; the message says what to change. Nothing was written."""
-
-
-@config
-class EvalConfig:
-    batch_size: int = Field(16, ge=1)
-    """Eval examples per forward pass."""
-    resamples: int = Field(1000, ge=10)
-    """Bootstrap resamples for the 95% intervals."""
-    seed: int = Field(0, ge=0, lt=2**32)
-    """Seeds the bootstrap, the choice of generation prompts and sampling."""
-    generation_prompts: int = Field(32, ge=0)
-    """Eval prompts answered (greedy and sampled) to measure length drift; 0 skips generation."""
-    max_new_tokens: int = Field(64, ge=1)
-    """Longest generated answer, for length drift and task suites."""
-    suites: List[str] = field(default_factory=list)
-    """Task-suite JSONL files (see evaluation/suites.py)."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where the models run: 'auto' (cuda when present), 'cpu' or 'cuda'."""
 
 
 def read_adapter(path: Path) -> dict:

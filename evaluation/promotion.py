@@ -42,9 +42,10 @@ class PromotionPolicy:
     """Per-suite floors, checked with or without an incumbent."""
 
     @classmethod
-    def load(cls, path: Optional[Union[str, Path]] = None) -> "PromotionPolicy":
-        """The policy from a YAML file (default: evaluation/promotion.yaml); unknown keys are an error."""
-        return load_config(cls, path or DEFAULT_POLICY, "promotion policy")
+    def load(cls, path: Optional[Union[str, Path]] = None, **overrides) -> "PromotionPolicy":
+        """The policy from a YAML file (default: evaluation/promotion.yaml; or a thumbs.yaml's `promotion:`),
+        then the non-None `overrides`; unknown keys are an error."""
+        return load_config(cls, path or DEFAULT_POLICY, "promotion policy", section="promotion", **overrides)
 
 
 @dataclass

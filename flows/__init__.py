@@ -1,12 +1,13 @@
 """Prefect orchestration of the nightly retrain, and nothing else: the stage packages hold the logic.
 
 Modules, in reading order:
-    params.py       RetrainParams: the flow's typed parameters (the UI's form)
+    config.py       thumbs.yaml: the stages' configs composed (the flow's parameters, the UI's form), with
+                    each value's source (default, file, flag, UI)
     stages.py       StageFailed and `stage`: a failing stage names itself in the run's message
     lock.py         one retrain at a time per model (a Prefect global concurrency limit)
     nightly.py      the flow `thumbs-nightly-retrain`, one task per stage, and `thumbs-train`
     artifacts.py    the eval table, decision and report as Prefect artifacts
-    run.py          `thumbs run` (embedded server) and `thumbs unlock`
+    run.py          `thumbs run` (embedded server), `thumbs config show` and `thumbs unlock`
     deployments.py  `thumbs ui` / `thumbs deploy`: nightly (cron), ad hoc and training deployments
     demo.py         `make demo`: simulated nights of the real loop (the world is in evaluation/world/)
     cli.py          the `thumbs` command: every stage's sub-command

@@ -10,7 +10,7 @@ import typer
 
 from deploy.cli import evaluate_command, export_command, promote_command, registry_app, rollback_command
 from flows.deployments import deploy_command, ui_command
-from flows.run import run_command, unlock_command
+from flows.run import config_app, run_command, unlock_command
 from ingest.cli import curate_command, ingest_command
 from training.cli import inspect_command, train_command
 
@@ -27,6 +27,7 @@ app.command("rollback")(rollback_command)
 app.add_typer(registry_app, name="registry")
 app.command("export")(export_command)
 app.command("run")(run_command)
+app.add_typer(config_app, name="config")
 app.command("deploy")(deploy_command)
 app.command("ui")(ui_command)
 app.command("unlock")(unlock_command)

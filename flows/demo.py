@@ -7,12 +7,12 @@ day's log, curates all feedback so far, trains a QLoRA KTO adapter (LoRA where 4
 evaluates it against production, promotes or rejects it and exports production; the next day's
 answers come from that export.
 Ground truth is the hidden taste's verdict, without noise, on questions about tasks the stream never
-mentions. Everything lands in `.demo/` (THUMBS_DEMO_DIR); `.demo/params.yaml` is what `make ui` serves.
+mentions. Everything lands in `.demo/` (THUMBS_DEMO_DIR); `.demo/thumbs.yaml`, the demo's whole configuration
+(flows/config.py), is what every night runs and what `make ui` serves.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -29,9 +29,6 @@ NOISE = 0.10
 EVAL_FRACTION = 0.2  # the demo's questions repeat a lot: 5% of them held out is a handful, too few to gate on
 SEED = 0
 MIN_GAIN = 0.15  # the demo fails if ground truth rises less than this from night 0 to the end
-# The world's KTO settings (evaluation/world/base.py: what moves this tiny world within a night), on the QLoRA
-# path; those the flow's parameters carry go there, the rest into the training YAML.
-FLOW_FIELDS = ("learning_rate", "beta", "epochs", "micro_batch_size")
 POLICY = Path(__file__).with_name("demo_policy.yaml")
 
 
@@ -39,9 +36,9 @@ def main() -> int:
     # The demo runs on its own embedded Prefect server (PREFECT_HOME), never on a team's server: it frees
     # its lock below, which must not touch a real retrain's.
     os.environ.pop("PREFECT_API_URL", None)
+    from flows.config import load, table
     from flows.lock import release_lock
-    from flows.nightly import nightly_retrain
-    from flows.params import RetrainParams
+    from flows.run import run_config
     from training.model import nf4_unavailable, pick_device
 
     started = time.monotonic()
@@ -53,16 +50,14 @@ def main() -> int:
     release_lock("default")  # the demo owns its registry: a lock left by a killed demo run must not block this one
     print("thumbs demo: building the tiny chat model (cached in .demo/base after the first run)")
     base = world.build_base(DEMO_DIR / "base")
-    train = {"quantize": "nf4", **{k: v for k, v in world.TRAIN_SETTINGS.items() if k in FLOW_FIELDS}}
+    quantize = "nf4"
     why = nf4_unavailable(pick_device("auto"))
     if why:  # QLoRA where bitsandbytes runs, plain LoRA elsewhere: same loss, same flow
         print(f"thumbs demo: 4-bit NF4 is not available here ({why}); training LoRA on the unquantised base")
-        train["quantize"] = "none"
-    params = RetrainParams(sources=[str(DEMO_DIR / "logs")], workdir=str(DEMO_DIR), base_model=str(base),
-                           insecure_dev_key=True, eval_fraction=EVAL_FRACTION, train_config=str(write_train_yaml()),
-                           generation_prompts=16, max_new_tokens=32, promotion_policy=str(POLICY.resolve()),
-                           lock_timeout_s=120, **train)
-    (DEMO_DIR / "params.yaml").write_text(json.dumps(params.model_dump(mode="json"), indent=2))
+        quantize = "none"
+    config, source = load(write_config(base, quantize))
+    print(f"thumbs demo: {DEMO_DIR / 'thumbs.yaml'} (the values it sets; `thumbs config show --config "
+          f"{DEMO_DIR / 'thumbs.yaml'}` lists every value and where it came from):\n{table(config, source, only_set=True)}")
     rows = []
     for night in range(NIGHTS):
         serving = DEMO_DIR / "serving"
@@ -73,7 +68,7 @@ def main() -> int:
         up = sum(day.labels)
         print(f"\n=== night {night}: production {production_version()} answered {len(day.labels)} questions, "
               f"{up} thumbs-up; ground truth {truth:.1%}; retraining ===", flush=True)
-        state = nightly_retrain(params, return_state=True)
+        state = run_config(config, source)
         if not state.is_completed():
             print(f"error: night {night}: the retrain failed: {state.message}", file=sys.stderr)
             return 1
@@ -94,7 +89,7 @@ def main() -> int:
 
 def reset(folder: Path) -> None:
     """Every run simulates from day 0; only the built base model is kept."""
-    for name in ("logs", "lake", "snapshots", "runs", "registry", "serving", "params.yaml", "train.yaml"):
+    for name in ("logs", "lake", "snapshots", "runs", "registry", "serving", "thumbs.yaml"):
         path = folder / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -103,12 +98,26 @@ def reset(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
-def write_train_yaml() -> Path:
+def write_config(base: Path, quantize: str) -> Path:
+    """The demo's thumbs.yaml: the world's KTO settings (evaluation/world/base.py: what moves this tiny world
+    within a night), its promotion policy (demo_policy.yaml) and the demo's paths; the rest at the defaults."""
     import yaml
 
-    path = DEMO_DIR / "train.yaml"
-    path.write_text(yaml.safe_dump({k: v for k, v in world.TRAIN_SETTINGS.items() if k not in FLOW_FIELDS}))
-    return path.resolve()
+    from common.configfile import read_mapping
+
+    settings = {
+        "run": {"sources": [str(DEMO_DIR / "logs")], "workdir": str(DEMO_DIR), "base_model": str(base),
+                "lock_timeout_s": 120},
+        "ingest": {"insecure_dev_key": True},
+        "curate": {"eval_fraction": EVAL_FRACTION},
+        "train": {**world.TRAIN_SETTINGS, "quantize": quantize},
+        "evaluate": {"generation_prompts": 16, "max_new_tokens": 32},
+        "promotion": read_mapping(POLICY),
+    }
+    path = DEMO_DIR / "thumbs.yaml"
+    path.write_text("# The demo's configuration, written by flows/demo.py; `make ui` serves it.\n"
+                    + yaml.safe_dump(settings, sort_keys=False))
+    return path
 
 
 def production_version() -> str:

@@ -1,6 +1,6 @@
 """One retrain at a time per model, across processes and machines: a Prefect global concurrency limit.
 
-    with retrain_lock(params): ...            # the nightly flow's body; fails at stage 'lock' after lock_timeout_s
+    with retrain_lock(config.run): ...        # the nightly flow's body; fails at stage 'lock' after lock_timeout_s
     release_lock("default")                   # `thumbs unlock default`: free a slot a killed run left taken
 
 The limit `thumbs-retrain-<model>` is created on first use (Prefect skips, with a warning, limits that
@@ -13,7 +13,7 @@ import contextlib
 
 from prefect.concurrency.sync import concurrency
 
-from flows.params import RetrainParams
+from flows.config import RunSettings
 from flows.stages import StageFailed
 
 
@@ -38,19 +38,19 @@ def lock_name(model_name: str) -> str:
 
 
 @contextlib.contextmanager
-def retrain_lock(params: RetrainParams):
+def retrain_lock(run: RunSettings):
     """One retrain at a time per model, across processes and machines (a Prefect global concurrency limit)."""
-    name = lock_name(params.model_name)
+    name = lock_name(run.model_name)
     held = contextlib.ExitStack()
     try:  # only the acquisition: errors of the stages below pass through untouched
         ensure_concurrency_limit(name)
         # A lease renewal lost to one API hiccup must not kill hours of training: it is logged, not raised.
-        held.enter_context(concurrency(name, occupy=1, strict=True, timeout_seconds=params.lock_timeout_s,
+        held.enter_context(concurrency(name, occupy=1, strict=True, timeout_seconds=run.lock_timeout_s,
                                        raise_on_lease_renewal_failure=False))
     except TimeoutError as err:
         raise StageFailed("lock", RuntimeError(
-            f"another retrain of {params.model_name!r} held the lock for over {params.lock_timeout_s:.0f}s. If none is "
-            f"running (a killed run can leave its slot taken), free it with `thumbs unlock {params.model_name}`")) from err
+            f"another retrain of {run.model_name!r} held the lock for over {run.lock_timeout_s:.0f}s. If none is "
+            f"running (a killed run can leave its slot taken), free it with `thumbs unlock {run.model_name}`")) from err
     except Exception as err:
         raise StageFailed("lock", err) from err
     with held:

@@ -1,4 +1,5 @@
-"""The `thumbs ingest` command: flags to IngestConfig, the summary to a person (or JSON to a program)."""
+"""The `thumbs ingest` and `thumbs curate` commands: a flag per config field (common/cliflags.py), the summary to a
+person (or JSON to a program)."""
 
 from __future__ import annotations
 
@@ -8,52 +9,29 @@ from typing import List, Optional
 
 import typer
 
+from common.cliflags import config_flags
+from common.configfile import load_config
 from common.faults import DiskFull
+from ingest.curate.rules import CurateConfig
 from ingest.intake.job import IngestConfig, ingest
+from ingest.intake.records import BadRow
 from ingest.privacy import MissingKeyError
-from ingest.intake.records import FORMATS, parse_timestamp, BadRow
+
+CONFIG_HELP = "YAML of the config's fields, or a whole thumbs.yaml (its `{section}:` section); flags override it."
 
 
+@config_flags(IngestConfig)
 def ingest_command(
     sources: List[Path] = typer.Argument(..., help="JSONL files (optionally .gz) of feedback."),
     lake: str = typer.Option(..., "--lake", help="Lake folder (created if missing) or object-store URL (s3://...)."),
-    format: str = typer.Option("events", "--format", help=f"Source format: {', '.join(FORMATS)}."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP.format(section="ingest")),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
-    scrub_pii: bool = typer.Option(False, "--scrub-pii", help="Mask e-mail addresses and phone numbers in texts."),
-    insecure_dev_key: bool = typer.Option(
-        False, "--insecure-dev-key", help="Pseudonymise user ids with the public dev key (demos, tests)."),
-    max_text_chars: int = typer.Option(1_000_000, "--max-text-chars", help="Longer texts go to quarantine."),
-    timestamp: Optional[str] = typer.Option(
-        None, "--timestamp", help="ISO-8601 time for pairs/hh events without one (default: now)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress lines on stderr."),
-    score_name: str = typer.Option("thumbs", "--score-name", help="Langfuse score name, LangSmith feedback key "
-                                   "or OTel gen_ai.evaluation.name that holds the thumbs."),
-    up_at: float = typer.Option(1.0, "--up-at", help="A numeric score at or above this is a thumbs-up."),
-    down_at: float = typer.Option(0.0, "--down-at", help="A numeric score at or below this is a thumbs-down."),
-    up_values: Optional[str] = typer.Option(None, "--up-values", help="Comma-separated categorical values "
-                                            "meaning up (default: up,thumbs_up,positive,good,true,...)."),
-    down_values: Optional[str] = typer.Option(None, "--down-values", help="Comma-separated values meaning down."),
-    openai_metadata_key: str = typer.Option("thumbs", "--openai-metadata-key",
-                                            help="--format openai: the metadata key holding the thumbs."),
-    force: bool = typer.Option(False, "--force", help="Ingest sources again even if already ingested, replacing "
-                               "their lake files: the repair a damaged or missing lake file asks for."),
-    allow_new_key: bool = typer.Option(False, "--allow-new-key", help="Add sources under a pseudonym key other "
-                                       "than the lake's sources' (a key rotated on purpose)."),
+    overrides: dict = None,
 ) -> None:
     """Validate feedback logs into the Parquet lake; bad rows go to LAKE/quarantine with a reason."""
-    from ingest.intake.formats.options import DOWN_VALUES, UP_VALUES, FormatOptions
-
-    def values(text, default):
-        return tuple(v.strip() for v in text.split(",") if v.strip()) if text is not None else default
-
     try:
-        options = FormatOptions(score_name=score_name, up_at=up_at, down_at=down_at,
-                                up_values=values(up_values, UP_VALUES), down_values=values(down_values, DOWN_VALUES),
-                                openai_metadata_key=openai_metadata_key)
-        config = IngestConfig(format=format, max_text_chars=max_text_chars, scrub_pii=scrub_pii,
-                              insecure_dev_key=insecure_dev_key, formats=options, force=force,
-                              allow_new_key=allow_new_key,
-                              default_timestamp=parse_timestamp(timestamp) if timestamp else None)
+        config = load_config(IngestConfig, config_file, "ingest config", section="ingest", **overrides)
         summary = ingest(sources, lake, config, progress=not quiet and not json_out)
     except (ValueError, MissingKeyError, BadRow) as err:  # ValueError includes a damaged lake (LakeError)
         typer.echo(f"error: {err}", err=True)
@@ -71,6 +49,7 @@ def ingest_command(
         raise typer.Exit(1)
 
 
+@config_flags(CurateConfig)
 def curate_command(
     ctx: typer.Context,
     lake: Optional[str] = typer.Option(None, "--lake", help="Lake folder or URL written by `thumbs ingest`."),
@@ -78,14 +57,12 @@ def curate_command(
         None, "--out", help="Folder or URL of snapshots; the snapshot goes to OUT/<snapshot_id>/."),
     since: Optional[str] = typer.Option(None, "--since", help="First event date to include (YYYY-MM-DD)."),
     until: Optional[str] = typer.Option(None, "--until", help="Last event date to include (YYYY-MM-DD)."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML of CurateConfig fields."),
-    policy: Optional[str] = typer.Option(None, "--policy", help="majority | drop-conflicts | latest."),
-    eval_fraction: Optional[float] = typer.Option(None, "--eval-fraction", help="Share of prompts held out."),
-    min_per_class: Optional[int] = typer.Option(None, "--min-per-class", help="Fewest train examples per class."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP.format(section="curate")),
     json_out: bool = typer.Option(False, "--json", help="Print stats.json (with the snapshot's path) on stdout."),
     verify_only: Optional[str] = typer.Option(
         None, "--verify-only", metavar="SNAPSHOT",
         help="Only re-check a published snapshot against its manifest and stats; exit 1 if it differs."),
+    overrides: dict = None,
 ) -> None:
     """Dedupe, resolve conflicting votes, split train/eval and set KTO's class weights, on Apache Beam.
 
@@ -99,14 +76,11 @@ def curate_command(
         raise typer.Exit(2)
     from datetime import date
 
-    from common.configfile import load_config
-    from ingest.curate.pipeline import CurateError, curate
-    from ingest.curate.rules import CurateConfig
     from ingest.curate.balance import InsufficientData
+    from ingest.curate.pipeline import CurateError, curate
 
     try:
-        config = load_config(CurateConfig, config_file, "curate config", policy=policy, eval_fraction=eval_fraction,
-                             min_per_class=min_per_class)
+        config = load_config(CurateConfig, config_file, "curate config", section="curate", **overrides)
         window = [date.fromisoformat(d) if d else None for d in (since, until)]
         stats = curate(lake, out, window[0], window[1], config, beam_args=ctx.args)
     except (ValueError, CurateError, InsufficientData) as err:

@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 from common.configfile import UNIONS, ConfigError, load_config
 from evaluation.evaluate import EvalConfig
 from evaluation.promotion import PromotionPolicy
-from flows.params import LoraSettings, RetrainParams
+from deploy.config import ExportConfig
+from flows.config import RunSettings, ThumbsConfig
 from ingest.curate.rules import CurateConfig
 from ingest.intake.formats.options import FormatOptions
 from ingest.intake.job import IngestConfig
@@ -34,9 +35,10 @@ from training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {TrainConfig: "training config", CurateConfig: "curate config", PromotionPolicy: "promotion policy",
-           EvalConfig: "eval config", IngestConfig: "ingest config", RetrainParams: "parameters",
-           LoraSettings: "LoRA settings", FormatOptions: "format options"}
-REQUIRED = {RetrainParams: {"base_model": "models/tiny"}}  # fields without a default
+           EvalConfig: "eval config", IngestConfig: "ingest config", RunSettings: "run settings",
+           ExportConfig: "export config", FormatOptions: "format options"}
+REQUIRED = {RunSettings: {"base_model": "models/tiny"}}  # fields without a default
+COMPOSED = {ThumbsConfig}  # sections of the classes above, each checked there (tests/test_config_surfaces.py)
 FOREIGN = ("abc", 2.5, 7, True, [1], {"k": 1})  # one value of each YAML kind
 NONE = type(None)
 
@@ -182,7 +184,7 @@ def test_every_config_class_is_listed():
         for path in (ROOT / package).rglob("*.py"):
             declared |= set(re.findall(r"^@config(?:\(frozen=True\))?\nclass (\w+)|^class (\w+)\(BaseModel\)", path.read_text(), re.M))
     names = {a or b for a, b in declared}
-    assert names == {cls.__name__ for cls in CONFIGS}
+    assert names == {cls.__name__ for cls in (*CONFIGS, *COMPOSED)}
 
 
 def _valid(constraints, default):
@@ -279,7 +281,7 @@ def test_the_pseudonym_key_is_no_config_field_and_never_echoed():
     (["curate", "--lake", "L", "--out", "O", "--min-per-class", "0"],
      "error: curate config: min_per_class must be >= 1, got 0"),
     (["evaluate", "--adapter", "A", "--snapshot", "S", "--batch-size", "0"],
-     "error: batch_size must be >= 1, got 0"),
+     "error: eval config: batch_size must be >= 1, got 0"),
 ])
 def test_command_line_flags_hit_the_same_checks(tmp_path, args, message):
     from flows.cli import app

@@ -10,7 +10,7 @@ from common.configfile import load_config, read_mapping
 from evaluation.evaluate import EvalConfig
 from evaluation.promotion import DEFAULT_POLICY, PromotionPolicy
 from flows.demo import POLICY as DEMO_POLICY
-from flows.params import RetrainParams
+from deploy.config import ExportConfig
 from ingest.curate.rules import CurateConfig
 from ingest.intake.job import IngestConfig
 from training.config import DEFAULTS_YAML, TrainConfig
@@ -26,7 +26,7 @@ def test_the_shipped_yaml_states_the_dataclass_defaults():
 
 @pytest.mark.parametrize("cls,what", [(TrainConfig, "training config"), (PromotionPolicy, "promotion policy"),
                                       (CurateConfig, "curate config"), (EvalConfig, "eval config"),
-                                      (IngestConfig, "ingest config"), (RetrainParams, "parameters")])
+                                      (IngestConfig, "ingest config"), (ExportConfig, "export config")])
 def test_an_unknown_key_is_refused_the_same_way_everywhere(tmp_path, cls, what):
     bad = tmp_path / "bad.yaml"
     bad.write_text("betta: 0.2\n")

@@ -59,16 +59,18 @@ def test_no_raw_identity_or_email_survives_a_full_run(tiny_model, tmp_path):
     from prefect.client.schemas.filters import LogFilter
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.nightly import nightly_retrain
-    from flows.params import RetrainParams
+    from flows.config import ThumbsConfig
+    from flows.run import run_config
 
     source = planted_feedback(tmp_path / "feedback.jsonl")
     workdir = tmp_path / "work"
-    params = RetrainParams(sources=[str(source)], workdir=str(workdir), base_model=str(tiny_model),
-                           insecure_dev_key=True, scrub_pii=True, eval_fraction=0.2, max_steps=4,
-                           micro_batch_size=8, generation_prompts=2, max_new_tokens=8, quantize="none")
+    config = ThumbsConfig.model_validate({
+        "run": {"sources": [str(source)], "workdir": str(workdir), "base_model": str(tiny_model)},
+        "ingest": {"insecure_dev_key": True, "scrub_pii": True}, "curate": {"eval_fraction": 0.2},
+        "train": {"max_steps": 4, "micro_batch_size": 8, "quantize": "none"},
+        "evaluate": {"generation_prompts": 2, "max_new_tokens": 8}})
     with prefect_test_harness(server_startup_timeout=120):
-        state = nightly_retrain(params, return_state=True)
+        state = run_config(config)
         assert state.is_completed(), state.message
         with get_client(sync_client=True) as client:
             logs = [log.message for log in every(lambda offset: client.read_logs(LogFilter(), limit=200,

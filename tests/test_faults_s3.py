@@ -289,17 +289,20 @@ def test_the_nightly_flow_runs_with_its_lake_snapshots_and_registry_on_s3(s3, st
     from prefect.testing.utilities import prefect_test_harness
 
     from deploy.registry import Registry
-    from flows.nightly import nightly_retrain
-    from flows.params import RetrainParams
+    from flows.config import ThumbsConfig
+    from flows.run import run_config
 
     monkeypatch.setenv("THUMBS_CACHE", str(tmp_path / "cache"))
     root = f"{s3[0]}/nightly"
-    params = RetrainParams(sources=[str(style_snapshot.parents[1] / "feedback.jsonl")], workdir=str(tmp_path / "work"),
-                           lake=f"{root}/lake", snapshots=f"{root}/snapshots", registry=f"{root}/registry",
-                           base_model=str(tiny_model), insecure_dev_key=True, eval_fraction=0.2, max_steps=12,
-                           learning_rate=5e-3, micro_batch_size=8, generation_prompts=2, max_new_tokens=8)
+    config = ThumbsConfig.model_validate({
+        "run": {"sources": [str(style_snapshot.parents[1] / "feedback.jsonl")], "workdir": str(tmp_path / "work"),
+                "lake": f"{root}/lake", "snapshots": f"{root}/snapshots", "registry": f"{root}/registry",
+                "base_model": str(tiny_model)},
+        "ingest": {"insecure_dev_key": True}, "curate": {"eval_fraction": 0.2},
+        "train": {"max_steps": 12, "learning_rate": 5e-3, "micro_batch_size": 8},
+        "evaluate": {"generation_prompts": 2, "max_new_tokens": 8}})
     with prefect_test_harness(server_startup_timeout=120):
-        state = nightly_retrain(params, return_state=True)
+        state = run_config(config)
     assert state.is_completed(), state.message
     summary = state.result()
     assert summary["events"] == 300 and summary["promoted"] and summary["version"] == "v0001"

@@ -327,8 +327,8 @@ def _derived(path: Path, fmt: str, n: int = 20) -> Path:
 def test_a_killed_derived_ingest_rerun_after_midnight_holds_each_event_once(fmt, point, tmp_path):
     source, lake = _derived(tmp_path / f"{fmt}.jsonl", fmt), tmp_path / "lake"
     args = [*ingest_args(source, lake), "--format", fmt]
-    kill_at(point, *args, "--timestamp", "2026-11-20T23:59:00Z", workdir=tmp_path)
-    rerun = thumbs(*args, "--timestamp", "2026-11-21T00:01:00Z")
+    kill_at(point, *args, "--default-timestamp", "2026-11-20T23:59:00Z", workdir=tmp_path)
+    rerun = thumbs(*args, "--default-timestamp", "2026-11-21T00:01:00Z")
     assert rerun.returncode == 0 and "1 source(s) read" in rerun.stdout, rerun.stderr
     table = feedback_dataset(lake).to_table()
     assert table.num_rows == 40 == len(set(table.column("event_id").to_pylist()))

@@ -17,7 +17,8 @@ from vllm_harness import prompts_for, reference, served
 from deploy.registry import Registry
 from deploy.serving import Client
 from deploy.vllm_server import free_port
-from flows.params import RetrainParams
+from flows.config import ThumbsConfig
+from flows.run import run_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 N_TOKENS = 12
@@ -32,21 +33,21 @@ def harness():
         yield
 
 
-def params(workdir: Path, style_snapshot: Path, base: Path, **fields) -> RetrainParams:
-    policy = workdir.parent / "lenient.yaml"  # the versions differ little; each must be promoted
-    policy.write_text("min_auc: 0.0\nmax_auc_drop: 1.0\nmax_kl_per_token: 100\nmax_length_ratio: 100\n"
-                      "min_length_ratio: 0.01\n")
-    fields = dict(sources=[str(style_snapshot.parents[1] / "feedback.jsonl")], workdir=str(workdir),
-                  base_model=str(base), insecure_dev_key=True, eval_fraction=0.2, max_steps=12, micro_batch_size=8,
-                  generation_prompts=2, max_new_tokens=8, quantize="none", promotion_policy=str(policy),
-                  notify_alias=ALIAS, **fields)
-    return RetrainParams(**fields)
+def nightly(workdir: Path, style_snapshot: Path, base: Path, learning_rate: float, notify: str) -> ThumbsConfig:
+    return ThumbsConfig.model_validate({
+        "run": {"sources": [str(style_snapshot.parents[1] / "feedback.jsonl")], "workdir": str(workdir),
+                "base_model": str(base)},
+        "ingest": {"insecure_dev_key": True}, "curate": {"eval_fraction": 0.2},
+        "train": {"max_steps": 12, "micro_batch_size": 8, "quantize": "none", "learning_rate": learning_rate},
+        "evaluate": {"generation_prompts": 2, "max_new_tokens": 8},
+        # the versions differ little; each must be promoted
+        "promotion": {"min_auc": 0.0, "max_auc_drop": 1.0, "max_kl_per_token": 100, "max_length_ratio": 100,
+                      "min_length_ratio": 0.01},
+        "export": {"notify": notify, "notify_alias": ALIAS}})
 
 
 def test_nightly_runs_put_production_on_the_server_and_a_down_server_loses_nothing(harness, style_snapshot,
                                                                                   tiny_llama, vllm_server, tmp_path):
-    from flows.nightly import nightly_retrain
-
     workdir, url = tmp_path / "work", vllm_server.url
     registry, client = Registry(workdir / "registry"), Client(url)
     prompts = prompts_for(tiny_llama, ["How do I bake bread at home?", "What is the capital of France?"])
@@ -59,8 +60,7 @@ def test_nightly_runs_put_production_on_the_server_and_a_down_server_loses_nothi
             abs(a - b) < 2e-3 for x, y in zip(got["logprobs"], peft["logprobs"]) for a, b in zip(x, y))
 
     for run, learning_rate in enumerate((5e-3, 2e-3), start=1):
-        state = nightly_retrain(params(workdir, style_snapshot, tiny_llama, learning_rate=learning_rate, notify=url),
-                                return_state=True)
+        state = run_config(nightly(workdir, style_snapshot, tiny_llama, learning_rate, notify=url))
         assert state.is_completed(), state.message
         summary = state.result()
         version = f"v000{run}"
@@ -70,8 +70,7 @@ def test_nightly_runs_put_production_on_the_server_and_a_down_server_loses_nothi
     assert answers_as("v0002") and not answers_as("v0001")
 
     down = f"http://127.0.0.1:{free_port()}"  # the server is down: nothing listens there
-    state = nightly_retrain(params(workdir, style_snapshot, tiny_llama, learning_rate=3e-3, notify=down),
-                            return_state=True)
+    state = run_config(nightly(workdir, style_snapshot, tiny_llama, 3e-3, notify=down))
     assert state.is_failed()
     assert "stage 'export' failed" in state.message and "notify failed" in state.message
     assert f"vLLM server at {down} unreachable" in state.message and "Production is v0003" in state.message
@@ -83,6 +82,6 @@ def test_nightly_runs_put_production_on_the_server_and_a_down_server_loses_nothi
     from flows.cli import app
 
     healed = CliRunner().invoke(app, ["export", "production", "--registry", registry.url, "--out",
-                                      str(workdir / "serving"), "--notify", url, "--alias", ALIAS])  # the fix named
+                                      str(workdir / "serving"), "--notify", url, "--notify-alias", ALIAS])  # the fix named
     assert healed.exit_code == 0, healed.output
     assert answers_as("v0003") and {n for n in client.adapters() if n.startswith(ALIAS)} == {ALIAS, f"{ALIAS}-v0003"}

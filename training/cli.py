@@ -9,40 +9,29 @@ from typing import Optional
 
 import typer
 
+from common.cliflags import config_flags
+from common.configfile import load_config
+from training.config import TrainConfig
 
+
+@config_flags(TrainConfig)
 def train_command(
     snapshot: str = typer.Option(..., "--snapshot", help="Snapshot folder or URL written by `thumbs curate`."),
     base_model: str = typer.Option(..., "--base-model", help="Local model folder, or a hub id already cached."),
     out: Path = typer.Option(..., "--out", help="Folder for the adapter, tokenizer, metrics and metadata."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML of TrainConfig fields (training/kto.yaml)."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML of TrainConfig fields (training/kto.yaml), "
+                                               "or a whole thumbs.yaml (its `train:` section); flags override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in OUT from its last checkpoint."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="nf4 (QLoRA, default) | none."),
-    z0: Optional[str] = typer.Option(None, "--z0", help="kl (estimate, default) | zero (the after-SFT variant)."),
-    kl_pairs: Optional[str] = typer.Option(None, "--kl-pairs", help="z0's pairs: batch (the micro-batch's, default) | "
-                                           "sample (drawn across the split)."),
-    objective: Optional[str] = typer.Option(None, "--objective", help="kto (default) | sft (thumbs-up only)."),
-    beta: Optional[float] = typer.Option(None, "--beta", help="β of the KTO value function."),
-    desirable_weight: Optional[float] = typer.Option(None, "--desirable-weight", help="λD (default: stats.json)."),
-    undesirable_weight: Optional[float] = typer.Option(None, "--undesirable-weight", help="λU (default: stats.json)."),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="AdamW peak learning rate."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the train split."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (overrides --epochs)."),
-    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Examples per forward, >= 2."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the run's summary as JSON on stdout."),
+    overrides: dict = None,
 ) -> None:
     """Train a LoRA adapter with KTO on a snapshot's thumbs-up/down examples."""
     from common.faults import as_disk_full
-    from training.config import TrainConfig
     from training.data import DataError
     from training.trainer import Diverged, TrainingError, train
 
     try:
-        config = TrainConfig.load(
-            config_file, quantize=quantize, z0=z0, kl_pairs=kl_pairs, objective=objective, beta=beta, desirable_weight=desirable_weight,
-            undesirable_weight=undesirable_weight, learning_rate=learning_rate, epochs=epochs, max_steps=max_steps,
-            micro_batch_size=micro_batch_size, seed=seed, device=device)
+        config = load_config(TrainConfig, config_file, "training config", section="train", **overrides)
         summary = train(snapshot, base_model, out, config, resume=resume)
     except (ValueError, TypeError, FileNotFoundError, DataError, TrainingError) as err:
         typer.echo(f"error: {err}", err=True)

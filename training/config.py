@@ -119,7 +119,7 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Optional[Path] = None, **overrides: Any) -> "TrainConfig":
         """Defaults, then the YAML at `path` (if any), then the non-None `overrides`."""
-        return load_config(cls, path, "training config", **overrides)
+        return load_config(cls, path, "training config", section="train", **overrides)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
