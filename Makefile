@@ -48,10 +48,12 @@ test-deps:
 		echo "PostgreSQL not installed and no apt-get as root: tests/test_faults_postgres.py will be skipped"; \
 	fi
 
-# The local Prefect server and UI with the nightly and ad hoc deployments, on the demo's parameters.
+# The local Prefect server and UI with the nightly and ad hoc deployments, on a thumbs.yaml: the demo's by
+# default, yours with `make ui CONFIG=thumbs.yaml`.
+CONFIG ?= .demo/thumbs.yaml
 ui: $(STAMP)
-	@test -f .demo/thumbs.yaml || { echo "run 'make demo' first (it writes .demo/thumbs.yaml), or: $(PY) -m flows.cli ui --config FILE"; exit 2; }
-	$(PY) -m flows.cli ui --config .demo/thumbs.yaml
+	@test -f $(CONFIG) || { echo "$(CONFIG) does not exist: run 'make demo' first (it writes .demo/thumbs.yaml), or make ui CONFIG=thumbs.yaml"; exit 2; }
+	$(PY) -m flows.cli ui --config $(CONFIG)
 
 # The alignment lab (benchmarks/quality.py): every arm, 3 seeds, 2 nights of 150 events; LAB_ARGS narrows it, e.g.
 # make lab LAB_ARGS="--arms poisoning --seeds 3 --nights 1 --events 60"

@@ -118,11 +118,11 @@ def summarize(stats: torch.Tensor, processes: distributed.Processes, micro_steps
             "examples": int(s["examples"]), "tokens": int(s["tokens"])}
 
 
-# --- the run -------------------------------------------------------------------------------------------
+# --- the session ----------------------------------------------------------------------------------------
 
 @dataclass
-class Run:
-    """Everything `train` sets up before the first step."""
+class Session:
+    """Everything `train` sets up before the first step (the run folder is `out`, training/run_folder.py)."""
     config: TrainConfig
     processes: distributed.Processes
     device: torch.device
@@ -146,14 +146,14 @@ def train(snapshot: Path, base_model: str, out: Path, config: TrainConfig, *, re
     processes = distributed.start(want_cuda=pick_device(config.device).type == "cuda")
     say = (log or (lambda line: print(line, file=sys.stderr, flush=True))) if processes.main else (lambda line: None)
     try:
-        run = setup(local_snapshot(snapshot), base_model, Path(out), config, processes, resume, say)
-        return fit(run, say)
+        session = setup(local_snapshot(snapshot), base_model, Path(out), config, processes, resume, say)
+        return fit(session, say)
     finally:
         distributed.stop(processes)
 
 
 def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, processes: distributed.Processes,
-          resume: bool, say: Callable) -> Run:
+          resume: bool, say: Callable) -> Session:
     started = time.monotonic()
     stats = read_stats(snapshot)
     if run_folder.is_finished(out):
@@ -224,110 +224,110 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
             "device": str(device), "setup_seconds": round(time.monotonic() - started, 2)}
     out.mkdir(parents=True, exist_ok=True)
     run_folder.clear_partial(out)
-    return Run(config, processes, device, out, tokenizer, model, scorer, encoded, reference, weights, plan,
+    return Session(config, processes, device, out, tokenizer, model, scorer, encoded, reference, weights, plan,
                optimizer, scheduler, identity, meta)
 
 
-def fit(run: Run, say: Callable) -> dict:
-    c, processes = run.config, run.processes
-    start_step = _maybe_resume(run, say)
-    metrics_log = _MetricsLog(run_folder.metrics_path(run.out), start_step, processes.main, say)
-    params = run.scorer.trainable_parameters()
-    run.model.train()
+def fit(session: Session, say: Callable) -> dict:
+    c, processes = session.config, session.processes
+    start_step = _maybe_resume(session, say)
+    metrics_log = _MetricsLog(run_folder.metrics_path(session.out), start_step, processes.main, say)
+    params = session.scorer.trainable_parameters()
+    session.model.train()
     began, last_say, history = time.monotonic(), 0.0, []
-    for step in range(start_step, run.plan.total_steps):
+    for step in range(start_step, session.plan.total_steps):
         t0 = time.monotonic()
-        micro = run.plan.micro_batches(step, processes.rank)
-        stats = train_step(run.scorer, micro, run.encoded, run.reference, run.weights, c, run.device,
-                           run.tokenizer.pad_token_id, processes, run.plan.z0_pairs(step, processes.rank, micro))
+        micro = session.plan.micro_batches(step, processes.rank)
+        stats = train_step(session.scorer, micro, session.encoded, session.reference, session.weights, c, session.device,
+                           session.tokenizer.pad_token_id, processes, session.plan.z0_pairs(step, processes.rank, micro))
         row = summarize(stats, processes, len(micro), kto=c.objective == "kto")
         clip = c.max_grad_norm if c.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         if not (math.isfinite(row["loss"]) and math.isfinite(grad_norm)):
-            last = checkpoint.latest(run.out)
+            last = checkpoint.latest(session.out)
             raise Diverged(f"step {step + 1}: loss {row['loss']} and gradient norm {grad_norm}; stopped before the "
                            f"update. Last good checkpoint: {last or 'none'}. Lower learning_rate or beta, and check "
                            "the data.")
-        row.update(step=step + 1, epoch=round((step + 1) / run.plan.steps_per_epoch, 4), grad_norm=grad_norm,
-                   learning_rate=run.scheduler.get_last_lr()[0])
-        run.optimizer.step()
-        run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
+        row.update(step=step + 1, epoch=round((step + 1) / session.plan.steps_per_epoch, 4), grad_norm=grad_norm,
+                   learning_rate=session.scheduler.get_last_lr()[0])
+        session.optimizer.step()
+        session.scheduler.step()
+        session.optimizer.zero_grad(set_to_none=True)
         seconds = time.monotonic() - t0
         row.update(seconds=round(seconds, 4), tokens_per_s=round(row["tokens"] / seconds, 1))
         metrics_log.write(row)
         history.append(row)
 
         done = step + 1
-        if c.checkpoint_every and done % c.checkpoint_every == 0 and done < run.plan.total_steps:
+        if c.checkpoint_every and done % c.checkpoint_every == 0 and done < session.plan.total_steps:
             if processes.main:
-                checkpoint.save(run.out, done, run.model, run.optimizer, run.scheduler, run.identity,
+                checkpoint.save(session.out, done, session.model, session.optimizer, session.scheduler, session.identity,
                                 c.keep_checkpoints)
             distributed.barrier(processes)
         now = time.monotonic()
-        if now - last_say > 2 or done == run.plan.total_steps:
+        if now - last_say > 2 or done == session.plan.total_steps:
             last_say, rate = now, (done - start_step) / (now - began)
-            say(f"  step {done:,}/{run.plan.total_steps:,}  loss {row['loss']:.4f}  kl {row['kl']:.4f}  "
+            say(f"  step {done:,}/{session.plan.total_steps:,}  loss {row['loss']:.4f}  kl {row['kl']:.4f}  "
                 f"margin {_fmt(row['margin'])}  {row['tokens_per_s']:,.0f} tok/s  "
-                f"ETA {(run.plan.total_steps - done) / rate:,.0f}s")
-    return _finish(run, history, start_step, began, say)
+                f"ETA {(session.plan.total_steps - done) / rate:,.0f}s")
+    return _finish(session, history, start_step, began, say)
 
 
-def _maybe_resume(run: Run, say: Callable) -> int:
+def _maybe_resume(session: Session, say: Callable) -> int:
     """The step to start from: the newest checkpoint whose files match their proof; a damaged one is named
     and skipped (its step is trained again), so one torn write never blocks the run."""
-    found = checkpoint.saved(run.out)
+    found = checkpoint.saved(session.out)
     for path in found:
         try:
             saved = checkpoint.read(path)
-            changed = sorted(k for k in run.identity if saved.state.get(k) != run.identity[k])
+            changed = sorted(k for k in session.identity if saved.state.get(k) != session.identity[k])
             if changed:
                 raise TrainingError(f"cannot resume from {path}: {', '.join(changed)} differ from that run's. Resume "
                                     "with the same snapshot, base model, config and process count, or choose "
                                     "another --out")
-            checkpoint.restore(saved, run.model, run.optimizer, run.scheduler)  # parses all before it changes any
+            checkpoint.restore(saved, session.model, session.optimizer, session.scheduler)  # parses all before it changes any
         except checkpoint.CheckpointError as err:
             say(f"warning: {err}; resuming from an earlier checkpoint instead")
             continue
-        say(f"train: resuming from {path} (step {saved.state['step']:,} of {run.plan.total_steps:,})")
+        say(f"train: resuming from {path} (step {saved.state['step']:,} of {session.plan.total_steps:,})")
         return saved.state["step"]
     if found:
-        where = checkpoint.checkpoint_dir(run.out)
+        where = checkpoint.checkpoint_dir(session.out)
         raise TrainingError(f"none of the {len(found)} checkpoint(s) in {where} can be resumed (each is damaged, see "
                             f"the warnings above). Start this run again: `rm -r {where}` and run the same command "
                             "without --resume, or choose another --out")
     return 0
 
 
-def _finish(run: Run, history: list, start_step: int, began: float, say: Callable) -> dict:
+def _finish(session: Session, history: list, start_step: int, began: float, say: Callable) -> dict:
     elapsed = time.monotonic() - began
     tail = history[-min(10, len(history)):]
     final = {k: _mean([r[k] for r in tail]) for k in ("loss", "kl", "rewards/desirable", "rewards/undesirable",
                                                        "margin", "tokens_per_s")} if tail else {}
-    summary = {"out": str(run.out), "steps": run.plan.total_steps, "resumed_from_step": start_step,
-               "examples": len(run.encoded), "train_seconds": round(elapsed, 2),
+    summary = {"out": str(session.out), "steps": session.plan.total_steps, "resumed_from_step": start_step,
+               "examples": len(session.encoded), "train_seconds": round(elapsed, 2),
                "tokens": sum(r["tokens"] for r in history), "final": final}
-    _check_processes_agree(run)
-    if run.processes.main:
-        written = run_folder.write_adapter(run.out, run.model, run.tokenizer)
-        meta = dict(run.meta, summary=summary, libraries=run_folder.library_versions(),
+    _check_processes_agree(session)
+    if session.processes.main:
+        written = run_folder.write_adapter(session.out, session.model, session.tokenizer)
+        meta = dict(session.meta, summary=summary, libraries=run_folder.library_versions(),
                     finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        run_folder.write_meta(run.out, meta, files=[*written, run_folder.METRICS])
-        checkpoint.remove_all(run.out)
-    distributed.barrier(run.processes)
+        run_folder.write_meta(session.out, meta, files=[*written, run_folder.METRICS])
+        checkpoint.remove_all(session.out)
+    distributed.barrier(session.processes)
     say(f"train: done, {summary['steps']:,} steps in {elapsed:,.1f}s; last {len(tail)} steps: loss "
         f"{_fmt(final.get('loss'))}, kl {_fmt(final.get('kl'))}, margin {_fmt(final.get('margin'))}; "
-        f"adapter at {run.out}")
+        f"adapter at {session.out}")
     return summary
 
 
-def _check_processes_agree(run: Run) -> None:
+def _check_processes_agree(session: Session) -> None:
     """Every process must end with the same adapter; a silent divergence would export one rank's guess."""
-    if run.processes.world == 1:
+    if session.processes.world == 1:
         return
-    local = torch.stack([p.detach().double().sum() for p in run.scorer.trainable_parameters()]).sum()
-    total = distributed.all_sum(local.clone(), run.processes)
-    if not torch.isclose(total, local * run.processes.world, rtol=1e-9, atol=1e-12):
+    local = torch.stack([p.detach().double().sum() for p in session.scorer.trainable_parameters()]).sum()
+    total = distributed.all_sum(local.clone(), session.processes)
+    if not torch.isclose(total, local * session.processes.world, rtol=1e-9, atol=1e-12):
         raise TrainingError("the processes ended with different adapters; gradients were not synchronised")
 
 
