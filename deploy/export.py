@@ -145,9 +145,15 @@ def _vllm_config(config: dict, meta: dict, source: Path, architecture: str | Non
     if found:
         raise RegistryError(f"vLLM cannot serve this adapter ({architecture or 'architecture unknown'}): "
                             + "; ".join(found))
-    # Training ran on a local path; serving knows the base by its id.
+    # Training ran on a local path; serving knows the base by its id (a GGUF base: by its dequantised folder).
     kept = {k: v for k, v in config.items() if k not in QUANTIZED_ONLY}
-    return dict(kept, base_model_name_or_path=meta["base_model"], inference_mode=True)
+    return dict(kept, base_model_name_or_path=serving_base(meta), inference_mode=True)
+
+
+def serving_base(meta: dict) -> str:
+    """The base a server loads the adapter onto: the id or path training was given, except for a GGUF file, whose
+    dequantised folder (training/gguf.py) is the model the adapter was trained on (vLLM's GGUF path takes no LoRA)."""
+    return meta["base_model_path"] if meta.get("base_model_gguf") else meta["base_model"]
 
 
 def _lora_modules(source: Path) -> set:
@@ -195,10 +201,11 @@ def _serving(registry: Registry, version: str, fmt: str, dtype: str, config: dic
     rank = int(config["r"])
     max_rank = max_lora_rank or vllm_rules.next_rank(rank)
     evaluation = (registry.read_json(version, "eval.json") or {}).get("candidate") or {}
-    base, path = meta["base_model"], str(out)
+    base, path = serving_base(meta), str(out)
     serving = {
         "format": fmt, "registry": registry.url, "name": registry.name, "version": version,
         "base_model": base, "base_model_sha256": meta["base_model_sha256"], "snapshot_id": meta.get("snapshot_id"),
+        "base_model_gguf": meta.get("base_model_gguf"),  # set: the export is for this file's dequantised weights
         "architecture": architecture, "trained_on_quantization": meta["config"]["quantize"],
         "lora_rank": rank, "lora_alpha": config.get("lora_alpha"), "max_lora_rank": max_rank,
         "target_modules": config.get("target_modules"),

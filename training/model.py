@@ -27,6 +27,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from training import gguf
 from training.config import TrainConfig
 from training.data import Batch
 from training.logprobs import completion_logps, head_logits
@@ -59,10 +60,13 @@ class BaseModelError(ValueError):
 
 
 def resolve_model_path(base_model: str) -> Path:
-    """A local directory for a path or a hub id already in the local cache; nothing is downloaded."""
+    """A local directory for a path, a GGUF file (its dequantised folder, training/gguf.py) or a hub id already in
+    the local cache; nothing is downloaded."""
     path = Path(base_model).expanduser()
     if path.is_dir():
         return path
+    if gguf.is_gguf(path):
+        return gguf.dequantized(path)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 

@@ -24,7 +24,7 @@ import torch
 
 from common.atomic import write_text_atomic
 from ingest.curate.balance import ClassWeights, band_warning
-from training import checkpoint, distributed, run_folder
+from training import checkpoint, distributed, gguf, run_folder
 from training.config import TrainConfig
 from ingest.curate.store import local_snapshot
 from ingest.curate.snapshot import read_split, read_stats
@@ -215,6 +215,7 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
                 "data_sha256": data_fingerprint, "world": processes.world,
                 "config": config.to_dict()}
     meta = {"base_model": base_model, "base_model_path": str(model_dir), "base_model_sha256": fingerprint,
+            "base_model_gguf": gguf.record(model_dir),  # the .gguf file a dequantised base came from, else None
             "snapshot_id": stats.get("snapshot_id"), "snapshot": str(snapshot),
             "config": dict(config.to_dict(), desirable_weight=weights.desirable_weight,
                            undesirable_weight=weights.undesirable_weight),
