@@ -66,3 +66,5 @@ class Reason(str, enum.Enum):
     BLANK_LINE = "blank_line"
     ORPHAN_FEEDBACK = "orphan_feedback"  # a rating whose generation no source has brought (yet)
     TOO_DEEP = "too_deep"  # JSON nested deeper than records.MAX_DEPTH: refused before any parser recurses
+    UNKNOWN_SHAPE = "unknown_shape"  # a record of the format whose shape matches none of the variants thumbs reads
+    UNSUPPORTED_CONTENT = "unsupported_content"  # images, audio or tool calls thumbs cannot hold as text

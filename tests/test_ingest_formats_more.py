@@ -1,4 +1,4 @@
-"""Foreign formats on the shared real data: OpenTelemetry GenAI, LangSmith and OpenAI stored completions."""
+"""Foreign formats on the real data (tests/data): OpenTelemetry GenAI, LangSmith and OpenAI stored completions."""
 
 from __future__ import annotations
 
@@ -224,7 +224,7 @@ def test_langsmith_hostile_feedback_and_runs(tmp_path, lake):
         ({**ok, "id": "f7", "created_at": 1700000000}, "bad_timestamp"),
         ({**run, "id": "r2", "inputs": "a string"}, "wrong_type"),
         ({**run, "id": "r3", "inputs": {"question": prompt}}, "missing_field"),
-        ({"neither": "run nor feedback"}, "missing_field"),
+        ({"neither": "run nor feedback"}, "unknown_shape"),
     ]
     write_jsonl(tmp_path / "hostile.jsonl", [run, ok, {**ok, "id": "f-x", "key": "correctness"}] + [r for r, _ in bad])
     summary = ingest([tmp_path / "hostile.jsonl"], lake, config("langsmith"), progress=False).to_dict()

@@ -14,6 +14,8 @@ A rating and its generation become one record of the thumbs `events` contract (`
 record goes through the same validation as `--format events`: nothing here decides what a valid event is.
 Messages and answers are normalised from each tool's shapes to `{role, content}` and plain text first
 (`to_messages`, `to_text`); anything they cannot read is passed on unchanged, so the validator names it.
+`to_text` keeps text parts only, so a reader first asks `non_text` whether a message holds anything else (an
+image, audio, a file, a tool call): such a record is refused as `unsupported_content`, never stored without it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ _ROLES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assi
 _LANGCHAIN_CLASSES = {"HumanMessage": "user", "AIMessage": "assistant", "SystemMessage": "system",
                       "HumanMessageChunk": "user", "AIMessageChunk": "assistant"}
 _TEXT_PARTS = ("text", "input_text", "output_text")
+# Content parts and message fields the tools use for what is not text; named in quarantine details (any other
+# part type is described, never quoted: a detail names fields, not values).
+_NON_TEXT_PARTS = ("image_url", "input_image", "image", "input_audio", "audio", "file", "input_file", "document",
+                   "video", "refusal", "tool_use", "tool_result", "tool_call", "thinking", "reasoning")
+_NON_TEXT_FIELDS = ("tool_calls", "invalid_tool_calls", "tool_call_chunks", "function_call", "audio", "refusal")
 
 
 @dataclass(slots=True)
@@ -52,6 +59,7 @@ class Generation:
     rank: str = ""  # of two generations under one weak key, the higher rank (start time) wins
     origin: int = -1  # index of the run's source that holds it
     used: bool = False  # some rating reached it
+    refused: BadRow | None = None  # why no rating on it can become an event (an image in its prompt, say)
 
 
 @dataclass(slots=True)
@@ -197,3 +205,37 @@ def to_completion(value: Any) -> Any:
         if isinstance(message, dict) and message.get("role") in (None, "assistant"):
             return message.get("content")
     return value
+
+
+def non_text(value: Any, where: str) -> str | None:
+    """What in a prompt or an answer, in any of the tools' shapes, is not text (an image or audio part, a file,
+    a tool call, a refusal), named by where it sits; None when all of it is text. For `unsupported_content`."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = non_text(item, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    if not isinstance(value, dict):
+        return None
+    if isinstance(value.get("choices"), list) and value["choices"]:  # an OpenAI response: its first choice
+        return non_text(value["choices"][0], f"{where}.choices[0]")
+    if isinstance(value.get("generations"), list):  # a LangChain LLMResult
+        return non_text(value["generations"], f"{where}.generations")
+    for name in ("message", "messages", "kwargs", "additional_kwargs"):  # a choice, a chat, LangChain's forms
+        found = non_text(value.get(name), f"{where}.{name}")
+        if found:
+            return found
+    for name in _NON_TEXT_FIELDS:
+        if value.get(name):
+            return f"{where}.{name}"
+    for name in ("content", "content_parts", "parts"):
+        parts = value.get(name)
+        if isinstance(parts, list):
+            for j, part in enumerate(parts):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if isinstance(part, str) or kind in _TEXT_PARTS:
+                    continue
+                named = kind if kind in _NON_TEXT_PARTS else describe(kind)
+                return f"{where}.{name}[{j}] (part type {named})"
+    return None

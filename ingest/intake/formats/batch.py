@@ -9,6 +9,15 @@ nowhere is quarantined as `orphan_feedback`, and rescued by a later run that bri
 through `ingest.intake.validate`'s block parser (Arrow first, the per-line reference where Arrow cannot vouch),
 duplicate-id check and quarantine, with line numbers mapped back to the source's. The sources' files are
 committed together at the end of the run, each with its record last; on any error none is.
+
+A line may hold many records (an API page: OpenAI's completions list, LangSmith's runs query or feedback
+array, a Langfuse trace with its observations and scores). Each is accounted for on its own, under the line's
+number: a rating is one accepted or one quarantined row or one ignored score, an unreadable record one
+quarantined row, a generation no rating reached one `unrated`. So `lines` counts the source's lines, and
+accepted + quarantined + ignored + unrated counts records (ratings, unrated completions, bad records): the
+two are equal where every line holds one record, as `--format events` has it.
+A generation that holds what thumbs cannot keep as text (`Generation.refused`) turns each rating on it into
+a quarantined row with that reason, and is not kept for later runs (the store has no place for its reason).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from ingest.intake.summary import IngestSummary, SourceSummary
 PARSERS = {"trl-kto": trl_kto.parse, "langfuse": langfuse.parse, "langsmith": langsmith.parse,
            "otel-genai": otel_genai.parse, "openai": openai.parse}
 JOINED = ("langfuse", "langsmith", "otel-genai")  # formats whose ratings name generations by id
+ARRAY_LINES = ("langsmith",)  # formats whose line may be a JSON array of records (LangSmith's GET /feedback)
 # The field a rating's target key (join.Index) was read from, for quarantine details.
 _TARGET_FIELDS = {"obs": "observationId", "trace": "traceId", "run": "run_id", "span": "spanId",
                   "resp": "gen_ai.response.id"}
@@ -56,8 +66,8 @@ def dumps(obj) -> bytes:
 
 # Identities the tools write under other names than `user_id` (which ingest.intake.job already pseudonymises).
 _STR = rb'("(?:[^"\\]|\\.)*")'
-_USER_FIELDS = [re.compile(rb'("(?:userId|authorUserId|user)"\s*:\s*)' + _STR),
-                re.compile(rb'("key"\s*:\s*"(?:user\.id|enduser\.id)"\s*,\s*"value"\s*:\s*'
+_USER_FIELDS = [re.compile(rb'("(?:userId|authorUserId|user|input_user)"\s*:\s*)' + _STR),
+                re.compile(rb'("key"\s*:\s*"(?:user\.id|enduser\.id|llm\.user|traceloop\.association\.properties\.user_id)"\s*,\s*"value"\s*:\s*'
                            rb'\{\s*"stringValue"\s*:\s*)' + _STR)]
 
 
@@ -194,7 +204,7 @@ class Batch:
         if isinstance(record, BadRow):
             src.bad.append((line_no, raw, record))
             return
-        if not isinstance(record, dict):
+        if not isinstance(record, dict) and not (isinstance(record, list) and self.config.format in ARRAY_LINES):
             src.bad.append((line_no, raw, BadRow(Reason.NOT_AN_OBJECT,
                                                  f"line holds a JSON {type(record).__name__}, not an object")))
             return
@@ -239,12 +249,17 @@ class Batch:
             if gen is None:
                 self.deferred.append((src, line_no, rating))
             else:
-                self.emit(src.pending, rating, gen, line_no)
+                self.emit(src, src.pending, rating, gen, line_no)
 
-    def emit(self, into: Pending, rating: Rating, gen: Generation, line_no: int) -> None:
+    def emit(self, src: _Source, into: Pending, rating: Rating, gen: Generation, line_no: int) -> None:
+        """The event of a rating (of `src`, at `line_no`) on `gen` into `into`; quarantined if `gen` is refused."""
         if not gen.used:
             gen.used = True
-            self.sources[gen.origin].used += 1
+            if gen.origin >= 0:
+                self.sources[gen.origin].used += 1
+        if gen.refused is not None:
+            src.bad.append((line_no, rating.raw, gen.refused))
+            return
         into.append(event_record(rating, fill_from_trace(gen, self.ctx.index.traces)), line_no, rating.raw)
 
     # -- joining -------------------------------------------------------------------------------------------
@@ -262,23 +277,23 @@ class Batch:
                 continue
             gen = self.lookup(rating.target)
             if gen is None and rating.target in stored:
-                self.emit(src.stored, rating, stored[rating.target], line_no)
+                self.emit(src, src.stored, rating, stored[rating.target], line_no)
             elif gen is None:
                 field = _TARGET_FIELDS.get(rating.target.split(":")[0], "id")  # the field, never its value
                 src.bad.append((line_no, rating.raw, BadRow(
                     Reason.ORPHAN_FEEDBACK, f"no generation with the {field} it names in this run's sources; a later "
                                             "run that brings it turns this rating into an event")))
             else:
-                self.emit(src.pending, rating, gen, line_no)
+                self.emit(src, src.pending, rating, gen, line_no)
         self.deferred = []
         waiting, rescued = orphans.pending(self.lake, self.config.format)
         for orphan in waiting:
             for rating in self._ratings_of(orphan.raw):
                 gen = self.lookup(rating.target)
-                if gen is None or (orphan.sha256, rating.event_id) in rescued:
-                    continue
+                if gen is None or gen.refused is not None or (orphan.sha256, rating.event_id) in rescued:
+                    continue  # a refused generation leaves the orphan as it is: one quarantined row per rating
                 into = self.sources[gen.origin]
-                self.emit(into.rescue.setdefault(orphan.source, Pending()), rating, gen, orphan.line)
+                self.emit(into, into.rescue.setdefault(orphan.source, Pending()), rating, gen, orphan.line)
                 into.rescued.append({"source": orphan.source, "source_sha256": orphan.sha256,
                                      "line": orphan.line, "event_id": rating.event_id})
                 rescued.add((orphan.sha256, rating.event_id))

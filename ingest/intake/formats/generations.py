@@ -20,8 +20,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from ingest.intake.formats.base import Generation
+from ingest.intake.records import BadRow
 from ingest.lake import GENERATIONS_DIR, AtomicParquet, committed, parquet_format
 from ingest.privacy import scrub_text
+from ingest.schema import Reason
 
 DIR = GENERATIONS_DIR
 SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("rank", pa.string(), nullable=False),
@@ -75,7 +77,9 @@ class Store:
         blob = orjson.dumps({
             "prompt": _scrubbed(gen.prompt, self.scrub), "completion": _scrubbed(gen.completion, self.scrub),
             "timestamp": gen.timestamp, "user_id": self._user(gen.user_id), "conversation_id": gen.conversation_id,
-            "model_version": gen.model_version, "trace": gen.trace}, default=str)
+            "model_version": gen.model_version, "trace": gen.trace,
+            "refused": [gen.refused.reason.value, gen.refused.detail] if gen.refused is not None else None},
+            default=str)
         for key in gen.keys:
             self._row(key, STRONG, blob)
         if gen.weak is not None:
@@ -136,6 +140,8 @@ def find(lake: Path, fmt: str, wanted: set[str], run_traces: dict, pseudonymize)
             if info is not None:
                 user = info["user_id"] if user is None else user
                 session = info["session"] if session is None else session
+        refused = g.get("refused")  # what thumbs cannot keep as text: its later ratings say so, not orphan_feedback
         out[key] = Generation(keys=(key,), prompt=g["prompt"], completion=g["completion"], timestamp=g["timestamp"],
-                              user_id=user, conversation_id=session, model_version=g["model_version"], used=True)
+                              user_id=user, conversation_id=session, model_version=g["model_version"], used=True,
+                              refused=BadRow(Reason(refused[0]), refused[1]) if refused else None)
     return out
