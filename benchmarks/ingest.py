@@ -1,13 +1,15 @@
 """Ingest throughput against the floor: the same events read by raw Arrow and written as Parquet.
 
-    python benchmarks/ingest.py [--events 1000000] [--format events|langfuse] [--record]
+    python benchmarks/ingest.py [--events 1000000] [--format events|langfuse|otel-logs] [--record]
 
 The floor is `pyarrow.json.read_json` + `pyarrow.parquet.write_table` (zstd) on the same file: no
 validation, no labels, no pseudonyms, no partitions. thumbs does all of that on top (and hashes the
 source for idempotency). Both run in this one process, one after the other, on the same file;
 `--record` appends the table to BENCHMARKS.md. `--format langfuse` measures a nested foreign format
 instead: one Langfuse trace per line with its GENERATION observation and its thumbs score nested, the
-same texts; the floor is the same bare Arrow read + Parquet write of that file.
+same texts; the floor is the same bare Arrow read + Parquet write of that file. `--format otel-logs`: the
+OpenTelemetry openai-v2 instrumentation's default mode (content in log records joined to content-less spans by
+span id), 100 calls per OTLP export request line, read as `--format otel-genai`.
 """
 
 from __future__ import annotations
@@ -81,17 +83,81 @@ def generate_langfuse(path: Path, n: int, seed: int = 0) -> None:
             }) + "\n")
 
 
+def _any(value):
+    """Python to an OTLP/JSON AnyValue."""
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, dict):
+        return {"kvlistValue": {"values": [{"key": k, "value": _any(v)} for k, v in value.items()]}}
+    return {"stringValue": value}
+
+
+def _kv(attributes: dict) -> list:
+    return [{"key": k, "value": _any(v)} for k, v in attributes.items() if v is not None]
+
+
+def generate_otel_logs(path: Path, n: int, seed: int = 0, per_line: int = 100) -> None:
+    """The same feedback as `generate`, from OpenTelemetry's openai-v2 instrumentation in its default mode: a
+    content-less span per call, the call's `gen_ai.{role}.message` and `gen_ai.choice` log records, and the app's
+    thumbs as a `gen_ai.evaluation.result` log record in the call's span context; OTLP/JSON export requests of
+    `per_line` calls each (a logs line, then its spans line), as the Collector's file exporter writes them."""
+    rng = random.Random(seed)
+    ns0 = 1_763_600_000_000_000_000
+    resource = {"attributes": _kv({"service.name": "chat-app"})}
+    scope = {"name": "opentelemetry.instrumentation.openai_v2"}
+    with open(path, "w") as f:
+        for first in range(0, n, per_line):
+            records, spans = [], []
+            for k in range(first, min(first + per_line, n)):
+                ids = {"traceId": f"{k:032x}", "spanId": f"{k:016x}", "flags": 1}
+                start = ns0 + k * 1_000_000_000
+                request = [("user", _text(rng, 5, 40))]
+                if rng.random() < 0.3:
+                    request = [("system", "You are a helpful assistant.")] + request
+                for at, (role, content) in enumerate(request):
+                    records.append({"timeUnixNano": str(start + at), "eventName": f"gen_ai.{role}.message", **ids,
+                                    "attributes": _kv({"gen_ai.system": "openai"}), "body": _any({"content": content})})
+                records.append({"timeUnixNano": str(start + 5), "eventName": "gen_ai.choice", **ids,
+                                "attributes": _kv({"gen_ai.system": "openai"}),
+                                "body": _any({"index": 0, "finish_reason": "stop", "message": {
+                                    "role": "assistant", "content": _text(rng, 10, 120)}})})
+                records.append({"timeUnixNano": str(start + 60_000_000_000), "eventName": "gen_ai.evaluation.result",
+                                **ids, "attributes": _kv({"gen_ai.evaluation.name": "thumbs",
+                                                          "gen_ai.evaluation.score.label":
+                                                              "thumbs_up" if rng.random() < 0.3 else "thumbs_down"})})
+                spans.append({**{k2: v for k2, v in ids.items() if k2 != "flags"}, "name": "chat gpt-4o-mini",
+                              "kind": 3, "startTimeUnixNano": str(start), "endTimeUnixNano": str(start + 900_000_000),
+                              "attributes": _kv({"gen_ai.operation.name": "chat", "gen_ai.system": "openai",
+                                                 "gen_ai.request.model": "gpt-4o-mini",
+                                                 "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+                                                 "gen_ai.response.id": f"chatcmpl-{k}",
+                                                 "user.id": f"u-{rng.randint(0, 50_000)}"})})
+            f.write(json.dumps({"resourceLogs": [{"resource": resource, "scopeLogs": [
+                {"scope": scope, "logRecords": records}]}]}) + "\n")
+            f.write(json.dumps({"resourceSpans": [{"resource": resource, "scopeSpans": [
+                {"scope": scope, "spans": spans}]}]}) + "\n")
+
+
+GENERATORS = {"events": ("events", generate), "langfuse": ("langfuse", generate_langfuse),
+              "otel-logs": ("otel-genai", generate_otel_logs)}  # --format: (thumbs' format, generator)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--format", choices=("events", "langfuse"), default="events")
+    parser.add_argument("--format", choices=sorted(GENERATORS), default="events")
     parser.add_argument("--record", action="store_true", help="append the result to BENCHMARKS.md")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         source = tmp / f"{args.format}.jsonl"
-        (generate if args.format == "events" else generate_langfuse)(source, args.events)
+        fmt, generator = GENERATORS[args.format]
+        generator(source, args.events)
         size_mb = source.stat().st_size / 1e6
 
         t0 = time.perf_counter()
@@ -101,15 +167,15 @@ def main() -> None:
         del table
 
         t0 = time.perf_counter()
-        summary = ingest([source], tmp / "lake", IngestConfig(format=args.format, insecure_dev_key=True),
+        summary = ingest([source], tmp / "lake", IngestConfig(format=fmt, insecure_dev_key=True),
                          progress=False)
         thumbs_s = time.perf_counter() - t0
         assert summary.total("accepted") == args.events, summary.render()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    what = "validate, pseudonymise, partition" if args.format == "events" else "join, validate, pseudonymise, partition"
+    what = "validate, pseudonymise, partition" if fmt == "events" else "join, validate, pseudonymise, partition"
     table_md = timing_table(args.events, [("raw floor: read_json + write_table", floor_s),
-                                          (f"thumbs ingest --format {args.format} ({what})", thumbs_s)])
+                                          (f"thumbs ingest --format {fmt} ({what})", thumbs_s)])
     detail = f"{size_mb:,.0f} MB of JSONL ({args.format}), peak RSS {peak_mb:,.0f} MB"
     print(f"{args.events:,} events, {detail}\n{table_md}")
     if args.record:
