@@ -25,7 +25,6 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
-export THUMBS_SHARED ?= $(abspath $(CURDIR)/../shared)
 
 .PHONY: demo test test-deps ui lab bench-ingest bench-curate bench-train bench-vllm vllm-venv gpu-wheels gpu-check gpu-dry-run clean
 
@@ -79,21 +78,18 @@ vllm-venv: $(VLLM_STAMP)
 
 # The GPU check (benchmarks/gpu.sh). The GPU machine has torch, transformers, peft and accelerate but no
 # internet and no bitsandbytes, trl or liger-kernel: gpu-wheels puts their cp312 manylinux wheels (and the
-# datasets/dill/multiprocess that trl needs) plus the shared data the run reads into the git-ignored .whl/
-# (~51 MB, under the 64 MiB that travels); the run is then `bash benchmarks/gpu.sh` with `.whl` carried.
+# datasets/dill/multiprocess that trl needs) into the git-ignored .whl/ (~46 MB; the data the run reads is in the
+# repository, ~13.6 MB, under the 64 MiB that travels); the run is then `bash benchmarks/gpu.sh` with `.whl` carried.
 GPU_WHEELS := bitsandbytes==0.50.2 trl==1.16.0 liger-kernel==0.8.5 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
 GPU_PLATFORMS := $(foreach n,28 27 24 17,--platform manylinux_2_$(n)_x86_64) --platform manylinux2014_x86_64 \
 	--platform manylinux1_x86_64 --platform any
 GPU_PIP := $(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m pip
 
 gpu-wheels:
-	mkdir -p .whl/shared/data/hh-rlhf .whl/shared/models
+	mkdir -p .whl
 	$(GPU_PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		$(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)
-	cp -f $(THUMBS_SHARED)/data/hh-rlhf/harmless-base-test.jsonl.gz .whl/shared/data/hh-rlhf/
-	rm -rf .whl/shared/models/tiny-random-gpt2
-	cp -r $(THUMBS_SHARED)/models/tiny-random-gpt2 .whl/shared/models/
-	chmod -R u+w .whl/shared
+	rm -rf .whl/shared  # the data .whl/ held before it moved into the repository
 	du -sh .whl
 
 gpu-check:

@@ -15,9 +15,10 @@
 #   bash benchmarks/gpu.sh --dry-run    # the same stages on the CPU with tiny models, in about 2 minutes
 #
 # Options: --out DIR, --skip-tests, --skip-bench. The GPU machine has torch, transformers, peft and accelerate
-# but not bitsandbytes, trl or liger-kernel: `make gpu-wheels` (here, with internet) puts their cp312 wheels and
-# the shared data the run needs under .whl/ (git-ignored, ~51 MB), and this script installs them from there
-# into /tmp/thumbs-site. The dry run uses the local environment ($PYTHON, else .venv/bin/python, else python3).
+# but not bitsandbytes, trl or liger-kernel: `make gpu-wheels` (here, with internet) puts their cp312 wheels
+# under .whl/ (git-ignored, ~46 MB), and this script installs them from there into /tmp/thumbs-site. The data
+# the run reads (HH-RLHF, the GPT-2 tokenizer) is in the repository. The dry run uses the local environment
+# ($PYTHON, else .venv/bin/python, else python3).
 #
 # The next session with a lent GPU calls the device tool's `run` with exactly:
 #   command: bash benchmarks/gpu.sh
@@ -120,17 +121,14 @@ run_bench() {
 }
 
 main() {
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   if [ "$DRY" = 1 ]; then
     PY="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
-    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" THUMBS_SHARED="${THUMBS_SHARED:-$(dirname "$ROOT")/shared}"
     TESTS_LIMIT=240 BENCH_LIMIT=240
     BENCH_ARGS=(--device cpu --model micro-llama --quantize nf4 --pairs 4 --batch 2 --steps 3 --max-length 96
                 --max-prompt-length 64 --profile-steps 1)
   else
     PY="${PYTHON:-python3}"
-    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-    # The shared data travels inside .whl/ (the ../shared beside a checkout does not travel).
-    [ -d .whl/shared ] && export THUMBS_SHARED="$ROOT/.whl/shared"
     TESTS_LIMIT=180 BENCH_LIMIT=270
     BENCH_ARGS=(--device cuda --model llama-1b --quantize nf4 --pairs 160 --batch 8 --max-length 512
                 --max-prompt-length 384 --profile-steps 4)

@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("THUMBS_SHARED", REPO.parent / "shared"))
-HH_TEST = SHARED / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-GPT2_TOKENIZER = SHARED / "models" / "tiny-random-gpt2"
+HH_TEST = REPO / "tests" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+GPT2_TOKENIZER = REPO / "evaluation" / "world" / "gpt2-tokenizer"
 ANSWER_MARKER = "\n\nAssistant:"
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the offline environment, the shared real data, a lake per test."""
+"""Shared fixtures: the offline environment, the real data in tests/data (README.md there), a lake per test."""
 
 from __future__ import annotations
 
@@ -17,17 +17,11 @@ os.environ.pop("THUMBS_PSEUDONYM_KEY", None)  # tests choose their key explicitl
 import flows  # noqa: E402,F401  (sets Prefect's embedded-server start timeout before any test imports prefect)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("THUMBS_SHARED", ROOT.parent / "shared"))
-HH_PATH = SHARED / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-PANDALM_PATH = SHARED / "data" / "pandalm" / "testset-v1.json"
-TINY_GPT2 = SHARED / "models" / "tiny-random-gpt2"
-
-
-@pytest.fixture
-def shared() -> Path:
-    if not SHARED.exists():
-        pytest.fail(f"shared data not found at {SHARED}; set THUMBS_SHARED")
-    return SHARED
+DATA = ROOT / "tests" / "data"
+HH_PATH = DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+PANDALM_PATH = DATA / "pandalm" / "testset-v1.json"
+TOKENIZERS = DATA / "tokenizers"  # real chat tokenizers: Mistral v0.1, Qwen2.5, Phi-3-mini
+GPT2_TOKENIZER = ROOT / "evaluation" / "world" / "gpt2-tokenizer"  # the demo world's, shipped with the package
 
 
 @pytest.fixture
@@ -37,22 +31,21 @@ def lake(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """A 2-layer GPT-2 with random weights, built from the shared tiny model's config, with its real tokenizer."""
+    """A 2-layer GPT-2 with random weights and the real GPT-2 tokenizer."""
     import torch
-    from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     path = tmp_path_factory.mktemp("tiny-gpt2")
-    config = AutoConfig.from_pretrained(TINY_GPT2)
-    config.update({"n_embd": 32, "n_layer": 2, "n_head": 2})
+    tokenizer = AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
     torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(TINY_GPT2).save_pretrained(path)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path
 
 
 @pytest.fixture(scope="session")
 def hh_snapshot(tmp_path_factory) -> Path:
-    """A real snapshot (ingest + Beam curate) of the first 100 shared HH-RLHF pairs: ~200 thumbs-up/down events."""
+    """A real snapshot (ingest + Beam curate) of the first 100 HH-RLHF pairs: ~200 thumbs-up/down events."""
     import gzip
 
     from ingest.curate.pipeline import curate

@@ -58,10 +58,10 @@ def read_snapshot(path: str) -> list[dict]:
     return ds.dataset([str(p) for p in sorted(Path(path).glob("*/*.parquet"))], format="parquet").to_table().to_pylist()
 
 
-def test_pandalm_conflicts_and_labels_match_a_hand_computed_majority(shared, tmp_path, lake):
+def test_pandalm_conflicts_and_labels_match_a_hand_computed_majority(tmp_path, lake):
     items = json.loads(PANDALM_PATH.read_text())
     disagree = sum(1 for i in items if len({i["annotator1"], i["annotator2"], i["annotator3"]}) > 1)
-    assert disagree == 120  # the real conflicting labels the shared README promises
+    assert disagree == 120  # the real conflicting labels tests/data/README.md promises
     events = pandalm_events(PANDALM_PATH)
     source = tmp_path / "pandalm.jsonl"
     source.write_text("\n".join(json.dumps(e) for e in events) + "\n")
@@ -86,7 +86,7 @@ def test_pandalm_conflicts_and_labels_match_a_hand_computed_majority(shared, tmp
     assert strict["counts"]["train"] + strict["counts"]["eval"] == len(expected) - conflicting
 
 
-def test_hh_rlhf_loses_nothing_it_should_not(shared, tmp_path, lake):
+def test_hh_rlhf_loses_nothing_it_should_not(tmp_path, lake):
     ingest([HH_PATH], lake, IngestConfig(format="hh", insecure_dev_key=True), progress=False)
     stats = curate(lake, tmp_path / "snapshots")
     c = stats["counts"]

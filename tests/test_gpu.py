@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import HH_PATH, TINY_GPT2
+from tests.conftest import GPT2_TOKENIZER, HH_PATH
 
 pytestmark = pytest.mark.gpu
 
@@ -55,7 +55,7 @@ def llama(tmp_path_factory) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     path = tmp_path_factory.mktemp("llama")
-    tokenizer = AutoTokenizer.from_pretrained(TINY_GPT2)
+    tokenizer = AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
     config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=False,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **SHAPE)
     torch.manual_seed(0)

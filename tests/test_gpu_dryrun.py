@@ -17,7 +17,7 @@ from datetime import date
 import pytest
 import torch
 
-from tests.conftest import ROOT, SHARED
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ FILES = {"gpu.log", "env.txt", "tests.log", "bench.log", "bench.json", "BENCHMAR
 
 
 def gpu_sh(*args: str, timeout: int) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHON=sys.executable, THUMBS_SHARED=str(SHARED))
+    env = dict(os.environ, PYTHON=sys.executable)
     env.pop("OUT", None)
     return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -1,4 +1,4 @@
-"""Foreign formats on the shared real data: TRL and Langfuse (helpers shared with test_ingest_formats_more.py).
+"""Foreign formats on the real data (tests/data): TRL and Langfuse (helpers shared with test_ingest_formats_more.py).
 
 Each test renders HH-RLHF dialogues (or PandaLM pairs) in the tool's exact shape, ingests them, and checks
 the lake against the same feedback written as a `--format events` file; hostile records go to quarantine

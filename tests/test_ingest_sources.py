@@ -1,4 +1,4 @@
-"""Ingest of the shared real data, the derived formats, idempotency, crash safety, privacy and the CLI."""
+"""Ingest of the real data (tests/data), the derived formats, idempotency, crash safety, privacy and the CLI."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _render_hh(messages) -> str:
     return "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in messages)
 
 
-def test_hh_rlhf_ingests_to_the_exact_counts_and_keeps_the_texts(shared, lake):
+def test_hh_rlhf_ingests_to_the_exact_counts_and_keeps_the_texts(lake):
     config = IngestConfig(format="hh", insecure_dev_key=True)
     summary = ingest([HH_PATH], lake, config, progress=False).to_dict()
     assert summary["lines"] == 2312
@@ -82,7 +82,7 @@ def _snapshot(lake: Path) -> dict[str, str]:
             for p in sorted(lake.rglob("*")) if p.is_file()}
 
 
-def test_ingesting_the_same_sources_again_changes_nothing_on_disk(shared, tmp_path, lake):
+def test_ingesting_the_same_sources_again_changes_nothing_on_disk(tmp_path, lake):
     renamed = tmp_path / "same-bytes-other-name.jsonl.gz"
     renamed.write_bytes(HH_PATH.read_bytes())
     config = IngestConfig(format="hh", insecure_dev_key=True)

@@ -24,7 +24,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import SHARED
+from tests.conftest import TOKENIZERS
 from tests.test_train_sequences import END_OF_TURN, hh_rows, oracle
 from evaluation.scoring import score_examples
 from ingest.curate.snapshot import TRAIN, read_stats, split_files, write_split, write_stats
@@ -54,7 +54,7 @@ def tiny_config(model_type: str, tokenizer, **extra):
 
 
 def tokenizer_of(family: str):
-    return AutoTokenizer.from_pretrained(SHARED / "tokenizers" / FAMILIES[family][0])
+    return AutoTokenizer.from_pretrained(TOKENIZERS / FAMILIES[family][0])
 
 
 def naive_logps(model, ids: list, n_prompt: int) -> float:

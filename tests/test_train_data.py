@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from tests.conftest import TINY_GPT2
+from tests.conftest import GPT2_TOKENIZER
 from ingest.curate.snapshot import read_split
 from training.data import DataError, collate, encode, kl_partners, plan_epoch, render
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(TINY_GPT2)
+    return AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_plain_template_renders_hh_style_and_ends_the_completion_with_eos(tokeni
 
 
 def test_chat_template_is_used_when_the_tokenizer_has_one(tokenizer):
-    chatty = AutoTokenizer.from_pretrained(TINY_GPT2)
+    chatty = AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
     chatty.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
                             "{% if add_generation_prompt %}<|assistant|>{% endif %}")
     prompt, completion, templated = render([{"role": "user", "content": "Hi"}], "Hello.", chatty)

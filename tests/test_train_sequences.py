@@ -1,6 +1,6 @@
 """What is trained for a chat model: joint tokenization, the end-of-turn token, truncation, unsplittable examples.
 
-Real tokenizers (../shared/tokenizers: Mistral v0.1, Qwen2.5, Phi-3-mini and GPT-2), real HH-RLHF dialogues
+Real tokenizers (tests/data/tokenizers: Mistral v0.1, Qwen2.5, Phi-3-mini; and GPT-2), real HH-RLHF dialogues
 split by thumbs' own HH parser. The oracle is the tokenizer's own `apply_chat_template(..., tokenize=True)`:
 prompt = the generation prompt's ids, completion = what follows, through the family's end-of-turn token.
 """
@@ -14,7 +14,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from ingest.intake.records import split_hh_pair
-from tests.conftest import HH_PATH, SHARED, TINY_GPT2
+from tests.conftest import GPT2_TOKENIZER, HH_PATH, TOKENIZERS
 from training.data import DataError, encode
 from training.sequences import Template, end_of_turn_id, fit_prompt
 
@@ -37,7 +37,7 @@ PHI35_STYLE = (
 
 
 def tokenizer(name: str):
-    return AutoTokenizer.from_pretrained(TINY_GPT2 if name == "gpt2" else SHARED / "tokenizers" / name)
+    return AutoTokenizer.from_pretrained(GPT2_TOKENIZER if name == "gpt2" else TOKENIZERS / name)
 
 
 def hh_rows(n: int, start: int = 0) -> list:
@@ -208,7 +208,7 @@ def test_thumbs_inspect_shows_the_trained_ids_and_the_marked_span(name, hh_snaps
     from flows.cli import app
     from ingest.curate.snapshot import read_split
 
-    base = SHARED / "tokenizers" / name
+    base = TOKENIZERS / name
     result = CliRunner().invoke(app, ["inspect", "--snapshot", str(hh_snapshot), "--base-model", str(base),
                                       "--n", "50", "--json"])
     assert result.exit_code == 0, result.output

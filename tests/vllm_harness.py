@@ -23,8 +23,7 @@ from deploy.serving import Client
 from deploy.vllm_server import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("THUMBS_SHARED", ROOT.parent / "shared"))
-MISTRAL_TOKENIZER = SHARED / "tokenizers" / "mistral-7b-v0.1"
+MISTRAL_TOKENIZER = ROOT / "tests" / "data" / "tokenizers" / "mistral-7b-v0.1"
 PROBE = Path(__file__).with_name("vllm_probe.py")
 MAX_LORA_RANK = 16  # the session server's --max-lora-rank
 

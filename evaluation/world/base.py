@@ -23,7 +23,7 @@ import torch
 from evaluation.world.taste import HELD_OUT_TASKS, QUESTIONS, TASKS, messages, question, styled_answer
 from training.data import render
 
-SHARED = Path(os.environ.get("THUMBS_SHARED", Path(__file__).resolve().parents[3] / "shared"))
+GPT2_TOKENIZER = Path(__file__).with_name("gpt2-tokenizer")  # the real GPT-2 tokenizer, shipped (PROVENANCE.md there)
 BASE_VERSION = 1  # bump when the warm-start's code changes: cached bases are keyed by it
 
 
@@ -50,8 +50,8 @@ class WorldConfig:
     sft_batch: int = 32
     sft_lr: float = 3e-3
     seed: int = 0
-    tokenizer: str = str(SHARED / "models" / "tiny-random-gpt2")
-    """Only its (real GPT-2) tokenizer is used; the weights are built here."""
+    tokenizer: str = str(GPT2_TOKENIZER)
+    """A GPT-2 tokenizer folder; the model's vocabulary is its size."""
 
     def key(self) -> str:
         fields = dict(asdict(self), version=BASE_VERSION, tokenizer=Path(self.tokenizer).name)
@@ -60,15 +60,14 @@ class WorldConfig:
 
 def build_base(folder: str | os.PathLike, config: WorldConfig = WorldConfig(), log=print) -> Path:
     """The warm-started base in `folder/tiny-gpt2-<config key>`: built once (temp dir + rename), then reused."""
-    from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     final = Path(folder) / f"tiny-gpt2-{config.key()}"
     if (final / "config.json").exists():
         return final
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer)
-    model_config = AutoConfig.from_pretrained(config.tokenizer)
-    model_config.update({"n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
-                         "n_positions": 128, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})
+    model_config = GPT2Config(vocab_size=len(tokenizer), n_embd=config.n_embd, n_layer=config.n_layer,
+                              n_head=config.n_head, n_positions=128, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     torch.manual_seed(config.seed)
     model = GPT2LMHeadModel(model_config)
     _warm_start(model, tokenizer, config, log)
