@@ -46,3 +46,21 @@ def _empty(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("")
     return path
+
+
+def test_prefect_yaml_parameters_are_a_thumbs_yaml():
+    """The work-pool deployments' parameters (prefect.yaml) are thumbs.yaml sections, checked as the flow checks
+    them; the `{{ $VAR }}` placeholders Prefect fills at deploy time stand in as plain strings."""
+    import re
+
+    import yaml
+
+    from conftest import ROOT
+    from flows.config import ThumbsConfig
+
+    text = re.sub(r"\{\{ *\$(\w+) *\}\}", r"<\1>", (ROOT / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in yaml.safe_load(text)["deployments"]}
+    for name in ("nightly", "adhoc"):
+        config = ThumbsConfig.model_validate(deployments[name]["parameters"])
+        assert config.run.base_model == "<THUMBS_BASE_MODEL>" and config.run.sources == ["<THUMBS_SOURCES>"]
+    assert deployments["train"]["entrypoint"] == "flows/nightly.py:train_flow"
