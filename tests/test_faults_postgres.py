@@ -26,6 +26,11 @@ from flows.deployments import free_port, start_server, stop, wait_healthy
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 
+def for_model(config: dict, name: str) -> dict:
+    """The deployment's thumbs.yaml sections with another run.model_name (what a custom run's form sends)."""
+    return {**config, "run": {**config["run"], "model_name": name}}
+
+
 def pg_bin(name: str) -> str | None:
     found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))[-1:] or [None]
     return found if isinstance(found, str) else found[0]
@@ -95,11 +100,12 @@ def test_concurrent_runs_on_a_postgres_backed_server_and_a_server_restart(postgr
     from flows.lock import lock_name
 
     home, workdir = tmp_path / "home", tmp_path / "work"
-    defaults = {"sources": [str(style_snapshot.parents[1] / "feedback.jsonl")], "workdir": str(workdir),
-                "base_model": str(tiny_model), "insecure_dev_key": True, "eval_fraction": 0.2, "max_steps": 2,
-                "micro_batch_size": 8, "generation_prompts": 0, "max_new_tokens": 4, "quantize": "none",
-                "lock_timeout_s": 2}
-    (tmp_path / "params.yaml").write_text(json.dumps(defaults))
+    defaults = {"run": {"sources": [str(style_snapshot.parents[1] / "feedback.jsonl")], "workdir": str(workdir),
+                        "base_model": str(tiny_model), "lock_timeout_s": 2},
+                "ingest": {"insecure_dev_key": True}, "curate": {"eval_fraction": 0.2},
+                "train": {"max_steps": 2, "micro_batch_size": 8, "quantize": "none"},
+                "evaluate": {"generation_prompts": 0, "max_new_tokens": 4}}
+    (tmp_path / "thumbs.yaml").write_text(json.dumps(defaults))
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_DATABASE_CONNECTION_URL": postgres,
@@ -109,7 +115,7 @@ def test_concurrent_runs_on_a_postgres_backed_server_and_a_server_restart(postgr
     serving = None
     try:
         wait_healthy(api, server)
-        serving = subprocess.Popen([sys.executable, "-m", "flows.cli", "deploy", "--params", str(tmp_path / "params.yaml")],
+        serving = subprocess.Popen([sys.executable, "-m", "flows.cli", "deploy", "--config", str(tmp_path / "thumbs.yaml")],
                                    env=env, stdout=(tmp_path / "deploy.log").open("wb"), stderr=subprocess.STDOUT,
                                    start_new_session=True)
         with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
@@ -122,8 +128,8 @@ def test_concurrent_runs_on_a_postgres_backed_server_and_a_server_restart(postgr
                 except Exception:  # noqa: BLE001  (not registered yet)
                     assert time.monotonic() < deadline and serving.poll() is None, (tmp_path / "deploy.log").read_text()
                     time.sleep(1)
-            ids = [run_deployment("thumbs-nightly-retrain/adhoc", parameters={"params": dict(defaults, model_name=m)},
-                                  timeout=0).id for m in ("a", "b", "a", "b")]
+            ids = [run_deployment("thumbs-nightly-retrain/adhoc", parameters=for_model(defaults, m), timeout=0).id
+                   for m in ("a", "b", "a", "b")]
             ids.append(run_deployment("thumbs-nightly-retrain/nightly", timeout=0).id)
             runs = final_runs(client, ids, timeout=900)
             by_model = {}
@@ -142,7 +148,7 @@ def test_concurrent_runs_on_a_postgres_backed_server_and_a_server_restart(postgr
 
             # The server dies mid-run and comes back: the run's outcome is still recorded.
             restart = run_deployment("thumbs-nightly-retrain/adhoc",
-                                     parameters={"params": dict(defaults, model_name="c")}, timeout=0).id
+                                     parameters=for_model(defaults, "c"), timeout=0).id
             deadline = time.monotonic() + 300
             while not stage_started(client, restart, "train"):  # past the lock, mid-run
                 assert time.monotonic() < deadline and not client.read_flow_run(restart).state.is_final()
