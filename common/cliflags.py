@@ -26,7 +26,10 @@ from typing import Any, Callable, Iterator, Literal, Optional
 
 import typer
 
-from common.configfile import UNIONS
+from common.configfile import UNIONS, config_fields, is_config
+
+CONFIG_HELP = "YAML of the config's fields, or a whole thumbs.yaml (its `{section}:` section); flags override it."
+"""A stage command's `--config` (format with the thumbs.yaml section it reads)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,15 +43,6 @@ class Flag:
     @property
     def param(self) -> str:
         return "_".join(self.path)
-
-
-def config_fields(cls: type) -> dict[str, Any]:
-    """The fields of a `@config` class (or pydantic model): name -> pydantic FieldInfo."""
-    return dict(getattr(cls, "__pydantic_fields__", None) or getattr(cls, "model_fields"))
-
-
-def is_config(annotation: Any) -> bool:
-    return isinstance(annotation, type) and (dataclasses.is_dataclass(annotation) or hasattr(annotation, "model_fields"))
 
 
 def flags_of(cls: type, prefix: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> Iterator[Flag]:

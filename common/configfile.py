@@ -216,15 +216,23 @@ def read_mapping(path: Union[str, Path]) -> dict:
     return data
 
 
+def config_fields(cls: type) -> dict[str, Any]:
+    """The fields of a `@config` class or pydantic model: name -> pydantic FieldInfo."""
+    return dict(cls.__pydantic_fields__)
+
+
+def is_config(annotation: Any) -> bool:
+    """Whether a field's type is a config itself (IngestConfig.formats, ThumbsConfig's sections)."""
+    return isinstance(annotation, type) and (dataclasses.is_dataclass(annotation) or hasattr(annotation, "model_fields"))
+
+
 def _field_names(cls: type) -> set:
     return set(getattr(cls, "__pydantic_fields__", None) or (f.name for f in dataclasses.fields(cls)))
 
 
 def _nested_configs(cls: type) -> set:
     """Fields of `cls` that are configs themselves (their mapping is merged, not replaced)."""
-    fields = getattr(cls, "__pydantic_fields__", None) or {}
-    return {name for name, info in fields.items()
-            if isinstance(info.annotation, type) and dataclasses.is_dataclass(info.annotation)}
+    return {name for name, info in getattr(cls, "__pydantic_fields__", {}).items() if is_config(info.annotation)}
 
 
 def from_mapping(cls: Type[T], fields: Mapping[str, Any], what: Optional[str] = None) -> T:

@@ -9,13 +9,12 @@ from typing import Optional
 
 import typer
 
-from common.cliflags import config_flags
+from common.cliflags import CONFIG_HELP, config_flags
 from common.configfile import load_config
 from deploy.config import ExportConfig
 from evaluation.config import EvalConfig
 from evaluation.promotion import PromotionPolicy
 
-CONFIG_HELP = "YAML of the config's fields, or a whole thumbs.yaml (its `{section}:` section); flags override it."
 REGISTRY_HELP = "Registry folder or fsspec URL (s3://bucket/registry, memory://...)."
 
 registry_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect the adapter registry.")

@@ -32,8 +32,8 @@ from typing import Any, Iterator, List, Mapping, Optional, Union
 
 from pydantic import BaseModel, Field, ValidationError
 
-from common.cliflags import config_fields, is_config, parse_value
-from common.configfile import CONFIG, ConfigError, config, explain, read_mapping
+from common.cliflags import parse_value
+from common.configfile import CONFIG, ConfigError, config, config_fields, explain, is_config, read_mapping
 from deploy.config import ExportConfig
 from evaluation.config import EvalConfig
 from evaluation.promotion import PromotionPolicy
@@ -226,14 +226,19 @@ def load(path: Union[str, Path, None] = None, sets: list[str] = (), base_model: 
     return resolve(layers, {FILE: str(path), FLAG: "--set"})
 
 
+def values(config: ThumbsConfig) -> dict[str, Any]:
+    """Every leaf's value as JSON, by its dotted name ("train.beta"), in the declarations' order."""
+    dumped = config.model_dump(mode="json")
+    return {".".join(path): _get(dumped, path)[1] for path in LEAVES}
+
+
 def sparse(config: ThumbsConfig, source: dict[str, str]) -> dict:
     """Only the values a layer set (not the defaults), as JSON: a deployment's parameters, so a deployment made
     from thumbs.yaml follows the declarations' defaults and its UI form shows what the file chose."""
-    dumped = config.model_dump(mode="json")
     out: dict = {}
-    for dotted, origin in source.items():
-        if origin != DEFAULT:
-            out = merge(out, _nested(tuple(dotted.split(".")), _get(dumped, tuple(dotted.split(".")))[1]))
+    for dotted, value in values(config).items():
+        if source[dotted] != DEFAULT:
+            out = merge(out, _nested(tuple(dotted.split(".")), value))
     return out
 
 
@@ -241,12 +246,10 @@ def provenance_against(config: ThumbsConfig, deployed: Mapping, given: str = UI)
     """Where each value of a flow run's config came from, as the run sees it: equal to the declaration's default
     -> DEFAULT; else equal to the deployment's parameter (thumbs.yaml at deploy time) -> FILE; else `given`
     (a custom run's form, UI)."""
-    dumped = config.model_dump(mode="json")
     defaults = {path: _json(info.get_default(call_default_factory=True)) for path, info in LEAVES.items()
                 if not info.is_required()}
     source = {}
-    for path in LEAVES:
-        value = _get(dumped, path)[1]
+    for path, value in zip(LEAVES, values(config).values()):
         found, deployed_value = _get(deployed, path)
         if path in defaults and value == defaults[path] and not (found and deployed_value == value):
             source[".".join(path)] = DEFAULT
@@ -267,13 +270,10 @@ def table(config: ThumbsConfig, source: dict[str, str], only_set: bool = False) 
     """The resolved configuration, one line per value: `train.beta  0.2  file`."""
     import json
 
-    dumped = config.model_dump(mode="json")
     rows = []
-    for path in LEAVES:
-        dotted = ".".join(path)
+    for dotted, value in values(config).items():
         if only_set and source[dotted] == DEFAULT:
             continue
-        value = _get(dumped, path)[1]
         rows.append((dotted, json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value,
                      source[dotted]))
     width = max((len(r[0]) for r in rows), default=0)

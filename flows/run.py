@@ -78,7 +78,7 @@ def show_command(
     only_set: bool = typer.Option(False, "--changed", help="Only the values not at their default."),
 ) -> None:
     """Print the resolved configuration, each value with where it came from (default, file or flag)."""
-    from flows.config import commented_yaml, table
+    from flows.config import commented_yaml, table, values
 
     unset = base_model is None and not any(s.startswith("run.base_model=") for s in sets) \
         and not _file_base_model(config_file)
@@ -88,14 +88,8 @@ def show_command(
     if as_yaml:
         typer.echo(commented_yaml(config, source), nl=False)
     elif json_out:
-        dumped = config.model_dump(mode="json")
-        out = {}
-        for dotted, origin in source.items():
-            value = dumped
-            for part in dotted.split("."):
-                value = value[part]
-            out[dotted] = {"value": value, "source": origin}
-        typer.echo(json.dumps(out, indent=2))
+        typer.echo(json.dumps({dotted: {"value": value, "source": source[dotted]}
+                               for dotted, value in values(config).items()}, indent=2))
     else:
         typer.echo(table(config, source, only_set=only_set))
 

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from common.cliflags import config_flags
+from common.cliflags import CONFIG_HELP, config_flags
 from common.configfile import load_config
 from common.faults import DiskFull
 from ingest.curate.rules import CurateConfig
@@ -17,7 +17,6 @@ from ingest.intake.job import IngestConfig, ingest
 from ingest.intake.records import BadRow
 from ingest.privacy import MissingKeyError
 
-CONFIG_HELP = "YAML of the config's fields, or a whole thumbs.yaml (its `{section}:` section); flags override it."
 
 
 @config_flags(IngestConfig)

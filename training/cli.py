@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from common.cliflags import config_flags
+from common.cliflags import CONFIG_HELP, config_flags
 from common.configfile import load_config
 from training.config import TrainConfig
 
@@ -19,8 +19,7 @@ def train_command(
     snapshot: str = typer.Option(..., "--snapshot", help="Snapshot folder or URL written by `thumbs curate`."),
     base_model: str = typer.Option(..., "--base-model", help="Local model folder, or a hub id already cached."),
     out: Path = typer.Option(..., "--out", help="Folder for the adapter, tokenizer, metrics and metadata."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML of TrainConfig fields (training/kto.yaml), "
-                                               "or a whole thumbs.yaml (its `train:` section); flags override it."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP.format(section="train")),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in OUT from its last checkpoint."),
     json_out: bool = typer.Option(False, "--json", help="Print the run's summary as JSON on stdout."),
     overrides: dict = None,
