@@ -5,16 +5,13 @@ and quarantines every one of them, with a reason, accepting nothing.
 
 from __future__ import annotations
 
-import json
-import re
-
 import pytest
 
-from conftest import ROOT
 from ingest.intake.job import ingest
 from ingest.intake.records import FOREIGN_FORMATS
 from ingest.lake import quarantine_table
 from test_ingest_formats import config, write_jsonl
+from test_readme_format_examples import examples
 
 ARBITRARY = [
     {}, {"a": 1}, {"data": "x"}, {"data": [{}], "meta": {}}, {"resourceSpans": "x"}, {"runs": {"a": 1}},
@@ -23,24 +20,7 @@ ARBITRARY = [
 ]
 
 
-def readme_examples() -> dict[str, list[dict]]:
-    """The README's example records, by format (a record goes on over indented lines)."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Feedback where it already lives"):text.index("## `thumbs ingest`")]
-    examples = {}
-    for match in re.finditer(r"### `--format ([a-z-]+)`(.*?)```json\n(.*?)```", section, re.S):
-        records, current = [], ""
-        for line in match.group(3).splitlines():
-            if line.startswith(" ") and current:
-                current += line.strip()
-            else:
-                records += [current] if current else []
-                current = line
-        examples[match.group(1)] = [json.loads(r) for r in records + [current]]
-    return examples
-
-
-EXAMPLES = readme_examples()
+EXAMPLES = examples()  # the README's, from tests/test_readme_format_examples.py's EXAMPLES text
 
 
 def test_the_examples_cover_every_foreign_format():

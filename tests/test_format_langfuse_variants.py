@@ -12,6 +12,8 @@ import json
 import re
 from datetime import datetime
 
+import pytest
+
 from ingest.intake.job import ingest
 from ingest.lake import quarantine_table
 from test_ingest_formats import assert_same_lake_as_events, config, event, hh, pandalm, rows, write_jsonl
@@ -207,9 +209,12 @@ def test_v2_observations_whose_io_is_not_understood_are_refused(tmp_path, lake):
     summary = ingest([tmp_path / "observations.jsonl", tmp_path / "scores.jsonl"], lake, config("langfuse"),
                      progress=False).to_dict()
     assert summary["accepted"] == 1  # nothing plausible-looking was made of what was not understood
-    refused = [reason for line, reason in quarantined(lake) if reason != "orphan_feedback"]
-    assert sorted(refused) == sorted(reason for _, _, reason in cases)
-    assert summary["quarantined"]["orphan_feedback"] == len(cases)  # their scores find no generation
+    # An observation not understood is quarantined itself, and its score finds no generation; one holding an
+    # image or a tool call is a refused generation, and its score (in the other file) carries the refusal.
+    table = quarantine_table(lake)
+    assert sorted(zip(table.column("source").to_pylist(), table.column("reason").to_pylist())) == sorted(
+        [("observations.jsonl", "unknown_shape")] * 3 + [("scores.jsonl", "orphan_feedback")] * 3
+        + [("scores.jsonl", "unsupported_content")] * 2)
 
 
 # -- 3. the Python SDK's @observe ---------------------------------------------------------------------------
@@ -389,3 +394,56 @@ def test_images_audio_and_tool_calls_are_refused_never_dropped(tmp_path, lake):
     assert summary["accepted"] == 0
     assert quarantined(lake) == [(i + 1, "unsupported_content") for i in range(len(lines))]
     assert summary["lines"] == summary["quarantined_total"]  # one per rating: the refused generation rides along
+
+
+# -- a score of a refused generation in another file or a later run -----------------------------------------
+
+def _refused_generations() -> dict:
+    """Per variant: (its records, no score among them; the score rating it; where the refusal says it sits)."""
+    (messages, chosen, _), = hh(1, start=50)
+    start = "2026-11-19T00:00:00.000Z"
+    image = messages[:-1] + [{"role": "user", "content": [
+        {"type": "text", "text": messages[-1]["content"]},
+        {"type": "image_url", "image_url": {"url": "https://x/c.png"}}]}]
+    tool_call = json.dumps({"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "search", "arguments": "{}"}}]})
+    media = {"role": "assistant", "content": chosen + " @@@langfuseMedia:type=audio/wav|id=a1|source=bytes@@@"}
+    observed, _ = _observed_trace(0, image[len(messages) - 1:], chosen)  # its GENERATION holds the image
+    last = len(messages) - 1
+    return {
+        "v1 observation": ([_generation("o1", "t1", image, chosen, start)], _v1_score(1, "t1", "o1", 1),
+                           f"a content part of type image_url at observation input[{last}].content[1]"),
+        "v2 observation": ([{"data": [_v2_observation("o2", "t2", "user-2", "s-2", json.dumps(messages), tool_call,
+                                                      start)], "meta": {}}], _v1_score(2, "t2", "o2", 0),
+                           "a non-empty tool_calls at observation output.tool_calls"),
+        "v3 score on a trace's output": ([_trace("t3", "user-3", "s-3", messages, output=media)],
+                                         _v3_score(3, {"kind": "trace", "id": "t3"}, "BOOLEAN", True),
+                                         "a Langfuse media reference in trace output.content"),
+        "@observe trace": ([observed], _feedback(4, observed["id"], 1) | {"name": "thumbs"},
+                           "a content part of type image_url at observation input[1].content[1]"),
+    }
+
+
+REFUSED_GENERATIONS = _refused_generations()
+
+
+@pytest.mark.parametrize("later_run", [False, True], ids=["second file", "later run"])
+@pytest.mark.parametrize("variant", sorted(REFUSED_GENERATIONS))
+def test_a_score_of_a_refused_generation_elsewhere_is_unsupported_content(tmp_path, lake, variant, later_run):
+    """The generation is kept as refused (LAKE/_generations), so its score, wherever it comes, says why it is not
+    an event, naming where the content sits, instead of waiting as an orphan for a generation that never comes."""
+    records, score, where = REFUSED_GENERATIONS[variant]
+    write_jsonl(tmp_path / "traces.jsonl", records)
+    write_jsonl(tmp_path / "scores.jsonl", [score])
+    if later_run:
+        first = ingest([tmp_path / "traces.jsonl"], lake, config("langfuse"), progress=False).to_dict()
+        assert (first["accepted"], first["quarantined_total"]) == (0, 0)
+        summary = ingest([tmp_path / "scores.jsonl"], lake, config("langfuse"), progress=False).to_dict()
+    else:
+        summary = ingest([tmp_path / "traces.jsonl", tmp_path / "scores.jsonl"], lake, config("langfuse"),
+                         progress=False).to_dict()
+    assert (summary["accepted"], summary["quarantined"]) == (0, {"unsupported_content": 1})
+    table = quarantine_table(lake)
+    assert list(zip(table.column("source").to_pylist(), table.column("line").to_pylist())) == [("scores.jsonl", 1)]
+    assert details(lake) == [f"the generation it rates holds {where}: thumbs keeps text only, and dropping it would "
+                             "change what was rated"]

@@ -350,8 +350,8 @@ def test_langsmith_images_tool_calls_and_attachments_refuse_the_rating_not_the_r
     row, = rows(lake)
     assert (row["event_id"], row["completion"]) == ("fb-5", items[5][1])
 
-    # A thumbs arriving in a later run finds no text-only copy of a refused run (none is stored): it waits as
-    # an orphan instead of becoming an event without its image.
+    # A thumbs arriving in a later run finds the refused run as it was stored (its reason, no text-only copy):
+    # it is refused too, never an event without its image.
     write_jsonl(tmp_path / "later.jsonl", [_feedback("fb-0-late", "llm-0", "root-0", True, "2026-11-21T00:00:00Z")])
     later = ingest([tmp_path / "later.jsonl"], lake, config("langsmith"), progress=False).to_dict()
     assert (later["accepted"], later["quarantined"]) == (0, {"unsupported_content": 1})

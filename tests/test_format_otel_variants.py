@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_ingest_formats import config, hh, pandalm, rows, write_jsonl
 from test_ingest_formats_more import NS0, _any, _iso
 
@@ -174,12 +175,12 @@ def test_openai_v2_default_mode_hostile_calls(tmp_path):
     lake = tmp_path / "lake"
     summary = ingest([tmp_path / "hostile.jsonl"], lake, config("otel-genai"), progress=False).to_dict()
     assert summary["accepted"] == 1
+    # A call with an image or a tool call is a refused generation: its rating (line 10) carries the refusal. A
+    # record not understood is quarantined itself, and the rating of its call finds nothing to rate.
     assert quarantined(lake) == sorted(
-        [("hostile.jsonl", 2, "unsupported_content"), ("hostile.jsonl", 3, "unsupported_content"),
-         ("hostile.jsonl", 4, "unsupported_content"), ("hostile.jsonl", 5, "unknown_shape"),
-         ("hostile.jsonl", 6, "unknown_shape"), ("hostile.jsonl", 7, "unknown_shape"),
-         ("hostile.jsonl", 8, "missing_field")]  # each refused call once, then its rating has nothing to rate:
-        + [("hostile.jsonl", 10, "orphan_feedback")] * 6)
+        [("hostile.jsonl", 5, "unknown_shape"), ("hostile.jsonl", 6, "unknown_shape"),
+         ("hostile.jsonl", 7, "unknown_shape"), ("hostile.jsonl", 8, "missing_field")]
+        + [("hostile.jsonl", 10, "unsupported_content")] * 3 + [("hostile.jsonl", 10, "orphan_feedback")] * 3)
     said = details(lake)
     assert any("'image_url'" in d for d in said) and any("content capture is off" in d for d in said)
     assert not any("Paris" in d or "57°F" in d for d in said)  # details name fields, never content
@@ -256,9 +257,9 @@ def test_event_only_hostile_and_span_and_event_read_once(tmp_path):
     lake = tmp_path / "lake"
     summary = ingest([tmp_path / "hostile.jsonl"], lake, config("otel-genai"), progress=False).to_dict()
     assert (summary["accepted"], summary["unrated"]) == (1, 0)
-    assert quarantined(lake) == [("hostile.jsonl", 2, "unknown_shape"), ("hostile.jsonl", 2, "unsupported_content"),
-                                 ("hostile.jsonl", 2, "unsupported_content")] + [("hostile.jsonl", 4,
-                                                                                  "orphan_feedback")] * 4
+    # the image's and the tool call's ratings carry their refusal; the half-captured call's rating finds nothing
+    assert quarantined(lake) == [("hostile.jsonl", 2, "unknown_shape")] + [
+        ("hostile.jsonl", 4, "orphan_feedback")] * 2 + [("hostile.jsonl", 4, "unsupported_content")] * 2
     row, = lake_rows(lake)
     assert (row["prompt"], row["completion"], row["user_id"]) == (messages, chosen, PSEUDONYM("u-1"))
     assert any("'blob'" in d for d in details(lake)) and any("'tool_call'" in d for d in details(lake))
@@ -399,3 +400,62 @@ def test_semconv_1_27_hostile_spans(tmp_path):
                                  ("hostile.jsonl", 6, "unknown_shape"), ("hostile.jsonl", 7, "unknown_shape")]
     row, = lake_rows(lake)
     assert (row["prompt"], row["completion"], row["conversation_id"]) == (messages, chosen, "conv-0")
+
+
+
+# -- a rating of a refused call in another file or a later run ------------------------------------------------
+
+def _refused_calls() -> dict:
+    """Per variant: (the call's lines, no rating in them; where its refusal says the content that is not text is)."""
+    (messages, chosen, _), = hh(1, start=60)
+    answer = [{"role": "assistant", "content": chosen}]
+    image = [{"type": "text", "text": messages[-1]["content"]}, {"type": "image_url", "image_url": {"url": "x"}}]
+    blob = {"type": "blob", "modality": "image", "mime_type": "image/png", "content": "iVBORw0KGgo="}
+    with_blob = [{"role": "user", "parts": [{"type": "text", "content": messages[-1]["content"]}, blob]}]
+    details = _details_record(0, None, messages, chosen, "u-0", "c-0")
+    details["attributes"] = [a if a["key"] != "gen_ai.output.messages" else {"key": a["key"], "value": _any([{
+        "role": "assistant", "finish_reason": "tool_call", "parts": [
+            {"type": "tool_call", "id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}}]}])}
+        for a in details["attributes"]]
+    openllmetry = _openllmetry_span(0, None, messages, chosen)
+    openllmetry["attributes"] = [a for a in openllmetry["attributes"] if a["key"] != "gen_ai.completion.0.content"]
+    openllmetry["attributes"] += kv({"gen_ai.completion.0.tool_calls.0.name": "get_weather"})
+    tool_message = messages + [{"role": "tool", "content": "57°F", "tool_call_id": "c"}]
+    old = _content_events_span(0, json.dumps(tool_message), json.dumps(answer), True)
+    old["events"] = old["events"][:2]  # its content events, not its rating
+    current = span(0, {"gen_ai.operation.name": "chat", "gen_ai.request.model": MODEL,
+                       "gen_ai.input.messages": json.dumps(with_blob),
+                       "gen_ai.output.messages": json.dumps(parts(answer))})
+    v2_call = _v2_call(0, None, messages[:-1] + [{"role": "user", "content": image}], chosen)
+    return {
+        "span attributes": ([spans_line([current])], "gen_ai.input.messages[0].parts holds 'blob'"),
+        "details log record": ([logs_line([details])], "gen_ai.output.messages[0].parts holds 'tool_call'"),
+        "span + message log records": ([logs_line(v2_call), spans_line([_v2_span(0)])],
+                                       "gen_ai.user.message body.content holds 'image_url'"),
+        "indexed attributes": ([spans_line([openllmetry])], "gen_ai.completion.0 holds 'tool_call'"),
+        "content span events": ([spans_line([old])], f"gen_ai.prompt[{len(messages)}] holds 'tool_call_response'"),
+    }
+
+
+REFUSED_CALLS = _refused_calls()
+
+
+@pytest.mark.parametrize("later_run", [False, True], ids=["second file", "later run"])
+@pytest.mark.parametrize("variant", sorted(REFUSED_CALLS))
+def test_a_rating_of_a_refused_call_elsewhere_is_unsupported_content(tmp_path, variant, later_run):
+    """The call is kept as refused (LAKE/_generations), so its rating, wherever it comes, says why it is not an
+    event, naming where the content sits, instead of waiting as an orphan for a generation that never comes."""
+    lines, where = REFUSED_CALLS[variant]
+    write_jsonl(tmp_path / "calls.jsonl", lines)
+    write_jsonl(tmp_path / "thumbs.jsonl", [logs_line([rating(0, True)], "app")])
+    lake = tmp_path / "lake"
+    if later_run:
+        first = ingest([tmp_path / "calls.jsonl"], lake, config("otel-genai"), progress=False).to_dict()
+        assert (first["accepted"], first["quarantined_total"], first["unrated"]) == (0, 0, 1)
+        summary = ingest([tmp_path / "thumbs.jsonl"], lake, config("otel-genai"), progress=False).to_dict()
+    else:
+        summary = ingest([tmp_path / "calls.jsonl", tmp_path / "thumbs.jsonl"], lake, config("otel-genai"),
+                         progress=False).to_dict()
+    assert (summary["accepted"], summary["quarantined"], summary["unrated"]) == (0, {"unsupported_content": 1}, 0)
+    assert quarantined(lake) == [("thumbs.jsonl", 1, "unsupported_content")]  # the rating, not the call
+    assert details(lake) == [f"the generation it rates: {where}, which thumbs cannot hold as text"]

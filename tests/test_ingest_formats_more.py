@@ -295,34 +295,6 @@ def test_openai_hostile_completions(tmp_path, lake):
     assert reasons(lake) == {i + 2: reason for i, (_, reason) in enumerate(bad)}
 
 
-# -- README -----------------------------------------------------------------------------------------------
-
-def test_every_readme_example_ingests_in_its_format(tmp_path):
-    import re
-
-    from conftest import ROOT
-
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Feedback where it already lives"):text.index("## `thumbs ingest`")]
-    found = {}
-    for match in re.finditer(r"### `--format ([a-z-]+)`(.*?)```json\n(.*?)```", section, re.S):
-        fmt, records, current = match.group(1), [], ""
-        for line in match.group(3).splitlines():  # a record goes on over indented lines
-            if line.startswith(" ") and current:
-                current += line.strip()
-            else:
-                records += [current] if current else []
-                current = line
-        records.append(current)
-        folder = tmp_path / fmt
-        folder.mkdir()
-        write_jsonl(folder / "example.jsonl", [json.loads(r) for r in records])
-        summary = ingest([folder / "example.jsonl"], folder / "lake", config(fmt), progress=False).to_dict()
-        assert summary["quarantined_total"] == 0, (fmt, summary["quarantined"])
-        found[fmt] = summary["accepted"]
-    assert found == {"trl-kto": 3, "langfuse": 1, "langsmith": 1, "otel-genai": 1, "openai": 1}
-
-
 def test_user_ids_under_the_tools_names_are_pseudonymised_in_quarantine(tmp_path):
     (messages, chosen, _), = hh(1)
     secret = "alice@corp.example"

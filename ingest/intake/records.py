@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+import numpy as np
+
 from ingest.schema import DOWN_LABELS, ROLES, UP_LABELS, Reason
 
 FORMATS = ("events", "pairs", "hh", "trl-kto", "langfuse", "langsmith", "otel-genai", "openai")
@@ -31,12 +33,29 @@ MAX_DEPTH = 128
 Python's json raises RecursionError near 1,000 levels, orjson refuses 1,024, and Arrow's reader crashes
 the process (a segfault) near 10,000. No event format needs a tenth of this."""
 TOO_DEEP = Reason.TOO_DEEP
-# A JSON string, escapes included; an unterminated one runs to the end of the line (so matching never
-# backtracks: each try from a quote succeeds, and the scan stays linear in the line's length).
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)  # unrolled: a run of plain bytes per step
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _NOT_OPENINGS = bytes(b for b in range(256) if b not in b"[{\n")
 _LONG_RUN = re.compile(rb"[^\n]{%d,}" % (MAX_DEPTH + 1))
+# too_deep's tokens: a byte's code (0: not a token) and the bytes that are none, which it deletes.
+_OPEN, _CLOSE, _QUOTE, _ESCAPED_QUOTE = 1, 2, 3, 4
+_TOKENS = b'[]{}"'
+_STEP = np.array([0, 1, -1, 0, 0], np.int8)  # depth change per token code
+_SHORT = 1 << 16  # below this many bytes, two counts decide most lines before any numpy
+# Bytes that may stand for an escaped quote (one the line does not hold): control bytes and non-ASCII.
+_MARKERS = bytes(range(0, 32)) + bytes(range(127, 256))
+
+
+def _token_tables(marker: int | None) -> tuple[bytes, bytes]:
+    codes = bytearray(256)
+    for byte, code in zip(_TOKENS, (_OPEN, _CLOSE, _OPEN, _CLOSE, _QUOTE)):
+        codes[byte] = code
+    keep = set(_TOKENS)
+    if marker is not None:
+        codes[marker] = _ESCAPED_QUOTE
+        keep.add(marker)
+    return bytes(codes), bytes(b for b in range(256) if b not in keep)
+
+
+_TABLES = {None: _token_tables(None)}
 
 
 class BadRow(Exception):
@@ -61,14 +80,71 @@ class RowContext:
 
 def too_deep(raw: bytes, limit: int = MAX_DEPTH) -> bool:
     """Whether the JSON text `raw` nests arrays and objects deeper than `limit` (brackets in strings do
-    not count). Cheap when the line has few brackets, which is nearly always: two counts."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
+    not count). Any bytes get a verdict, invalid JSON too: a string opens at any quote outside one, a
+    backslash in it escapes the next byte, and one left open runs to the end of the text.
+
+    Cheap when the line has few brackets, which is nearly always: two counts. A long line (an OTLP batch)
+    is scanned in C and numpy, never byte by byte in Python: backslash pairs are dropped (an escaped backslash
+    escapes nothing else), each quote still behind a backslash becomes a marker byte, and what is left is cut
+    to its tokens (brackets, quotes, markers); brackets count where the scan is outside a string."""
+    if len(raw) <= limit or (len(raw) < _SHORT and raw.count(b"[") + raw.count(b"{") <= limit):
         return False
-    depth = 0
-    for byte in _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS):
-        depth += 1 if byte in b"[{" else -1
-        if depth > limit:
-            return True
+    marker = None
+    if raw.find(b"\\") >= 0:  # one byte: memchr; the rare line with backslashes pays the two-byte searches
+        raw = raw.replace(b"\\\\", b"")
+        if b'\\"' in raw:
+            marker = next((m for m in _MARKERS if raw.find(m) < 0), None)  # bytes.find of an int: one byte
+            if marker is None:  # every byte value occurs in the line: no marker is free
+                return _too_deep_bytewise(raw, limit)
+            raw = raw.replace(b'\\"', bytes((marker,)))
+    if marker not in _TABLES:
+        _TABLES[marker] = _token_tables(marker)
+    tokens = np.frombuffer(raw.translate(*_TABLES[marker]), np.uint8)
+    if marker is None:  # an odd number of quotes up to a token: it is in a string
+        outside = 1 - (np.cumsum(tokens == _QUOTE, dtype=np.int32) & 1)
+    else:
+        outside = ~_in_string(tokens)
+    depth = np.cumsum(_STEP.take(tokens) * outside, dtype=np.int32)
+    return int(depth.max(initial=0)) > limit
+
+
+def _in_string(tokens: np.ndarray) -> np.ndarray:
+    """Per token, whether it is in a string, where markers stand for quotes behind a backslash. A quote
+    toggles in and out of a string; a marker is a quote in a string (escaped) or one that opens a string
+    (a stray backslash outside it): either way, after a marker the scan is in a string."""
+    quotes = tokens >= _QUOTE
+    kinds = tokens[quotes]
+    escaped = kinds == _ESCAPED_QUOTE
+    toggles = np.cumsum(~escaped)
+    last = np.maximum.accumulate(np.where(escaped, np.arange(len(kinds)), -1))  # the latest marker
+    after_marker = last >= 0
+    since = toggles - np.where(after_marker, toggles[np.maximum(last, 0)], 0)  # toggles since it
+    in_after = after_marker ^ (since & 1).astype(bool)  # in a string after each quote or marker
+    seen = np.cumsum(quotes)
+    inside = np.zeros(len(tokens), bool)
+    inside[seen > 0] = in_after[seen[seen > 0] - 1]
+    return inside
+
+
+def _too_deep_bytewise(raw: bytes, limit: int) -> bool:
+    """too_deep's scan one byte at a time: for a line holding every byte value (no marker is free)."""
+    depth, in_string, escaped = 0, False, False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in b"]}":
+            depth -= 1
     return False
 
 

@@ -16,8 +16,9 @@ number: a rating is one accepted or one quarantined row or one ignored score, an
 quarantined row, a generation no rating reached one `unrated`. So `lines` counts the source's lines, and
 accepted + quarantined + ignored + unrated counts records (ratings, unrated completions, bad records): the
 two are equal where every line holds one record, as `--format events` has it.
-A generation that holds what thumbs cannot keep as text (`Generation.refused`) turns each rating on it into
-a quarantined row with that reason, and is not kept for later runs (the store has no place for its reason).
+A generation that holds what thumbs cannot keep as text (`Generation.refused`: LangSmith, Langfuse and OTel
+return one) turns each rating on it into a quarantined row with that reason, in this run or a later one (the
+store keeps the reason, never the content); one no rating reaches is `unrated`, as any generation.
 """
 
 from __future__ import annotations

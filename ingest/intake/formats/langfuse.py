@@ -27,9 +27,10 @@ its `sessionId`, the model version the observation's model (a trace's own output
 
 Inputs and outputs that arrive as JSON text (v2 observations and UI exports always; Langfuse stores a string
 input as is and anything else as its JSON) are read as Langfuse's UI reads them: parsed when they parse, kept
-as text when they do not, refused (`unknown_shape`) when they open like JSON and do not parse. Images, audio,
-tool calls, tool definitions and Langfuse media references are refused (`unsupported_content`): thumbs holds
-text, and dropping them would change what was rated.
+as text when they do not, refused (`unknown_shape`) when they open like JSON and do not parse. A generation
+holding images, audio, tool calls, tool definitions or Langfuse media references is kept as refused: thumbs
+holds text, and dropping them would change what was rated, so each score of it, in this line, another file
+or a later run, is `unsupported_content`, naming where the content sits.
 
 A UI export row's score column merges every score of that name on the trace (its observations' too): one
 entry per distinct category or boolean, NUMERIC values averaged into one. One entry is the trace's rating of its
@@ -154,11 +155,24 @@ def observation(record: dict) -> list:
     trace_id = optional_str(record, "traceId", "observation")  # v2: nullable
     start = record.get("startTime")
     model = record.get("model") if record.get("model") is not None else record.get("providedModelName")
-    return [Generation(keys=(f"obs:{obs_id}",), prompt=_prompt(record.get("input"), "observation input"),
-                       completion=_completion(record.get("output"), "observation output"), timestamp=start,
-                       user_id=record.get("userId"), conversation_id=record.get("sessionId"),
-                       model_version=model, trace=trace_id, weak=f"trace:{trace_id}" if trace_id else None,
-                       rank=start if isinstance(start, str) else "")]
+    gen = Generation(keys=(f"obs:{obs_id}",), prompt=None, completion=None, timestamp=start,
+                     user_id=record.get("userId"), conversation_id=record.get("sessionId"), model_version=model,
+                     trace=trace_id, weak=f"trace:{trace_id}" if trace_id else None,
+                     rank=start if isinstance(start, str) else "")
+    _read_io(gen, record.get("input"), record.get("output"), "observation")
+    return [gen]
+
+
+def _read_io(gen: Generation, prompt, completion, what: str) -> None:
+    """The generation's prompt and answer; or, where they hold what thumbs cannot hold as text, its refusal,
+    which each rating of it carries (kept in LAKE/_generations: a rating in another file or a later run is
+    `unsupported_content` too, not `orphan_feedback`). Input that is not understood raises: the record's own."""
+    try:
+        gen.prompt, gen.completion = _prompt(prompt, f"{what} input"), _completion(completion, f"{what} output")
+    except BadRow as bad:
+        if bad.reason is not Reason.UNSUPPORTED_CONTENT:
+            raise
+        gen.refused = bad
 
 
 # -- traces -------------------------------------------------------------------------------------------------
@@ -224,10 +238,10 @@ def _trace_answer(record: dict, trace_id: str) -> Generation | BadRow | None:
         observed = _observe_arguments(prompt)
         if observed is not None:  # @observe: the function's arguments, not the model's prompt
             prompt = _observed_prompt(observed)
-        gen = Generation(keys=(), prompt=_prompt(prompt, "trace input"),
-                         completion=_completion(record["output"], "trace output"), timestamp=record.get("timestamp"),
+        gen = Generation(keys=(), prompt=None, completion=None, timestamp=record.get("timestamp"),
                          user_id=record.get("userId"), conversation_id=record.get("sessionId"),
                          model_version=record.get("release") or record.get("version"))
+        _read_io(gen, prompt, record["output"], "trace")
     except BadRow as bad:
         return bad
     if observed is None:
@@ -315,31 +329,39 @@ def _completion(value, what: str):
 
 
 def _refuse_non_text(value, what: str) -> None:
-    found = _non_text(value)
+    found = _non_text(value, what)
     if found is not None:
-        raise BadRow(Reason.UNSUPPORTED_CONTENT, f"{what} holds {found}: thumbs keeps text only, and dropping it "
-                                                 "would change what was rated")
+        raise BadRow(Reason.UNSUPPORTED_CONTENT, f"the generation it rates holds {found}: thumbs keeps text only, "
+                                                 "and dropping it would change what was rated")
 
 
-def _non_text(value) -> str | None:
-    """What in a message, a message list or a model response is not text (images, audio, tool calls)."""
+def _name(key) -> str:
+    """A field name for a detail; a key that could be a value (not a short identifier) is not quoted."""
+    return key if isinstance(key, str) and key.isidentifier() and len(key) <= 40 else "?"
+
+
+def _non_text(value, where: str) -> str | None:
+    """What in a message, a message list or a model response is not text (images, audio, tool calls), and
+    where it sits (`observation input[1].content[0]`); None when all of it is text."""
     if isinstance(value, str):
-        return "a Langfuse media reference" if _MEDIA_REFERENCE in value else None
+        return f"a Langfuse media reference in {where}" if _MEDIA_REFERENCE in value else None
     if isinstance(value, list):
-        return next((found for found in map(_non_text, value) if found is not None), None)
+        return next((found for i, item in enumerate(value) if (found := _non_text(item, f"{where}[{i}]"))), None)
     if not isinstance(value, dict):
         return None
     if value.get("role") in _TOOL_ROLES or (value.get("type") in _TOOL_ROLES and "content" in value):
-        return "a tool message"
+        return f"a tool message at {where}"
     for key in _NOT_TEXT_KEYS:
         if value.get(key):
-            return f"a non-empty {key}"
+            return f"a non-empty {key} at {where}.{key}"
     for key in _PART_KEYS:
         parts = value.get(key)
-        for part in parts if isinstance(parts, list) else ():
+        for j, part in enumerate(parts if isinstance(parts, list) else ()):
             if isinstance(part, dict) and (part.get("type", "text") not in _TEXT_PARTS
                                            or any(k in part for k in _UNTYPED_MEDIA)):
                 kind = part.get("type")
-                return (f"a content part of type {kind}" if isinstance(kind, str) and kind.isidentifier()
-                        and len(kind) <= 40 else "a content part that is not text")
-    return next((found for found in map(_non_text, value.values()) if found is not None), None)
+                named = (f"a content part of type {kind}" if isinstance(kind, str) and kind.isidentifier()
+                         and len(kind) <= 40 else "a content part that is not text")
+                return f"{named} at {where}.{key}[{j}]"
+    return next((found for key, item in value.items() if (found := _non_text(item, f"{where}.{_name(key)}"))),
+                None)
