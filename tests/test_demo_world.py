@@ -67,3 +67,17 @@ def test_four_bit_availability_is_probed_not_assumed(monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as on a machine without it
     monkeypatch.setitem(sys.modules, "bitsandbytes.functional", None)
     assert "bitsandbytes" in nf4_unavailable(torch.device("cpu"))
+
+
+def test_the_demo_refuses_an_unknown_world_by_name(tmp_path):
+    """`make demo` runs SmolLM2 by default and the tiny world on THUMBS_DEMO_MODEL=tiny; any other name is a usage
+    error that lists the worlds, before anything is written."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "THUMBS_DEMO_MODEL": "gpt-5", "THUMBS_DEMO_DIR": str(tmp_path / "demo")}
+    done = subprocess.run([sys.executable, "-m", "flows.demo"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "THUMBS_DEMO_MODEL='gpt-5'" in done.stderr and "smollm2, tiny" in done.stderr
+    assert not (tmp_path / "demo").exists()

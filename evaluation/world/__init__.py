@@ -14,14 +14,16 @@ Modules, in reading order:
                 the KTO settings that move it within a night (TRAIN_SETTINGS: the demo's and the lab's)
     serving.py  the production model answering: `load_policy`, sampled `answer`s
     traffic.py  a day of traffic written as thumbs events JSONL, and the noise-free `ground_truth`
+    assistant.py  the real assistant's world (`make demo`'s default): SmolLM2-135M-Instruct answering real
+                user requests (requests/, PandaLM's instructions), users who like brief, complete answers
 """
 
 from evaluation.world.base import TRAIN_SETTINGS, WorldConfig, build_base
 from evaluation.world.serving import answer, load_policy
 from evaluation.world.taste import (HELD_OUT_TASKS, MAX_WORDS, POLITE_OPENERS, QUESTIONS, TASKS, day_prompts,
                                     fresh_prompts, messages, question, rate, satisfied, styled_answer)
-from evaluation.world.traffic import START, Day, ground_truth, simulate_day, write_events
+from evaluation.world.traffic import START, Day, Truth, ground_truth, judge, simulate_day, write_events
 
 __all__ = ["TRAIN_SETTINGS", "WorldConfig", "build_base", "answer", "load_policy", "HELD_OUT_TASKS", "MAX_WORDS", "POLITE_OPENERS",
            "QUESTIONS", "TASKS", "day_prompts", "fresh_prompts", "messages", "question", "rate", "satisfied",
-           "styled_answer", "START", "Day", "ground_truth", "simulate_day", "write_events"]
+           "styled_answer", "START", "Day", "Truth", "ground_truth", "judge", "simulate_day", "write_events"]

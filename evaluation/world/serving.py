@@ -24,17 +24,25 @@ def load_policy(base: str | os.PathLike, adapter: str | os.PathLike | None = Non
     return model.eval(), tokenizer
 
 
-@torch.no_grad()
 def answer(model, tokenizer, prompts: list[str], seed: int, max_new_tokens: int = 32,
            batch_size: int = 200) -> list[str]:
     """Sampled answers to prompts rendered with training's template: temperature 1 over the full vocabulary,
     no top-k/top-p, so users see draws from exactly the policy KTO trained. Left-padded batches, KV cache."""
+    return [text for text, _ in sample(model, tokenizer, prompts, seed, max_new_tokens, batch_size)]
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], seed: int, max_new_tokens: int = 32, batch_size: int = 200,
+           temperature: float = 1.0, top_p: float = 1.0) -> list[tuple[str, bool]]:
+    """(answer, finished) per prompt: drawn at `temperature` from the smallest set of tokens whose probability
+    reaches `top_p` (nucleus sampling, as vLLM serves), finished when the model ended it within
+    `max_new_tokens` (else the user sees it cut off). The same seed gives the same draws."""
     generator = torch.Generator().manual_seed(seed)
     eos = tokenizer.eos_token_id
     out = []
     for start in range(0, len(prompts), batch_size):
         texts = [render(messages(p), "", tokenizer)[0] for p in prompts[start:start + batch_size]]
-        enc = tokenizer(texts, return_tensors="pt", padding=True)
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         mask = enc["attention_mask"]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every prompt starts at position 0
         step_ids, cache = enc["input_ids"], None
@@ -44,11 +52,7 @@ def answer(model, tokenizer, prompts: list[str], seed: int, max_new_tokens: int 
             result = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, cache=cache,
                            use_cache=True, logits_to_keep=1)
             cache = result.cache
-            # Inverse-CDF draw, one uniform per row: torch.multinomial over 50k classes was most of the time.
-            cdf = torch.softmax(result.logits[:, -1].float(), dim=-1).cumsum_(dim=-1)  # (B, V)
-            u = torch.rand((len(texts), 1), generator=generator) * cdf[:, -1:]
-            drawn = torch.searchsorted(cdf, u).squeeze(1).clamp_(max=cdf.shape[1] - 1)
-            token = torch.where(done, eos, drawn)  # (B,)
+            token = torch.where(done, eos, _draw(result.logits[:, -1].float(), temperature, top_p, generator))
             tokens.append(token)
             done |= token == eos
             if done.all():
@@ -57,5 +61,21 @@ def answer(model, tokenizer, prompts: list[str], seed: int, max_new_tokens: int 
             mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
             positions = positions[:, -1:] + 1
         for row in torch.stack(tokens, dim=1).tolist():
-            out.append(tokenizer.decode(row[:row.index(eos)] if eos in row else row).strip())
+            finished = eos in row
+            out.append((tokenizer.decode(row[:row.index(eos)] if finished else row).strip(), finished))
     return out
+
+
+def _draw(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """One token per row by inverse CDF, one uniform per row (torch.multinomial over 50k classes was most of
+    the time); with top_p < 1 over the probability-sorted vocabulary, cut where the nucleus is complete."""
+    probs = torch.softmax(logits / temperature, dim=-1)  # (B, V)
+    order = None
+    if top_p < 1.0:
+        probs, order = probs.sort(dim=-1, descending=True)
+        before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens: keep while it is below top_p
+        probs = probs.masked_fill(before >= top_p, 0.0)
+    cdf = probs.cumsum_(dim=-1)
+    u = torch.rand((len(logits), 1), generator=generator) * cdf[:, -1:]
+    drawn = torch.searchsorted(cdf, u).clamp_(max=cdf.shape[1] - 1)  # (B, 1)
+    return (drawn if order is None else order.gather(1, drawn)).squeeze(1)

@@ -51,11 +51,7 @@ class Day:
     prompts: list
     completions: list
     labels: list  # True = thumbs-up
-
-    @property
-    def satisfaction(self) -> float:
-        """The day's true (noise-free) satisfaction: for the demo's narration, never for training."""
-        return sum(map(satisfied, self.prompts, self.completions)) / len(self.prompts)
+    satisfaction: float  # the day's true (noise-free) satisfaction: for the narration, never for training
 
 
 def simulate_day(model, tokenizer, day: int, n: int, seed: int, log_dir: str | os.PathLike, model_version: str,
@@ -65,11 +61,23 @@ def simulate_day(model, tokenizer, day: int, n: int, seed: int, log_dir: str | o
     completions = answer(model, tokenizer, prompts, seed=1000 * seed + day)
     labels = rate(prompts, completions, noise, seed=1000 * seed + day)
     path = write_events(Path(log_dir) / f"day-{day}.jsonl", day, prompts, completions, labels, model_version, seed)
-    return Day(day, path, prompts, completions, labels)
+    return Day(day, path, prompts, completions, labels, sum(map(satisfied, prompts, completions)) / n)
 
 
-def ground_truth(model, tokenizer, seed: int, n: int = 300) -> float:
+@dataclass
+class Truth:
+    """The ground truth of a policy: its noise-free satisfaction, and the held-out answers it was judged on."""
+    rate: float
+    samples: list  # (question, answer, satisfied) per held-out draw
+
+
+def judge(model, tokenizer, seed: int, n: int = 300) -> Truth:
     """Noise-free satisfaction on `n` held-out questions; the same questions and draws' seed every night."""
     prompts = fresh_prompts(n, seed)
     completions = answer(model, tokenizer, prompts, seed=10_000 + seed)
-    return sum(map(satisfied, prompts, completions)) / n
+    verdicts = list(map(satisfied, prompts, completions))
+    return Truth(sum(verdicts) / n, list(zip(prompts, completions, verdicts)))
+
+
+def ground_truth(model, tokenizer, seed: int, n: int = 300) -> float:
+    return judge(model, tokenizer, seed, n).rate
