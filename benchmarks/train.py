@@ -3,6 +3,7 @@
     python benchmarks/train.py --vs trl                    # 29M Llama shape, 160 HH-RLHF examples, one epoch
     python benchmarks/train.py --vs trl --quantize nf4     # both on a 4-bit NF4 base (QLoRA)
     python benchmarks/train.py --vs trl --quantize nf4 --model llama-1b --pairs 160 --device cuda   # on a GPU
+    python benchmarks/train.py --vs trl --model smollm2 --pairs 24 --trl-best-cpu   # a real model, real vocabulary
 
 Each trainer runs in its own spawned process, so its peak RSS and peak CUDA memory
 (`torch.cuda.max_memory_allocated`, model load included) are its own. On a GPU everything computes in
@@ -20,6 +21,13 @@ backward 2N (input gradients only: a frozen weight needs no weight gradient, whi
 4N (their tokens counted as many as the matched ones). Not counted: LoRA's own FLOPs (~r/hidden of
 the base's), attention scores (~2% at these lengths) and recomputation under gradient checkpointing
 (hardware, not model, FLOPs). One convention for every row, so MFU ratios equal throughput ratios.
+On the CPU the yardstick is this machine's measured float32 matmul rate (a 2048^3 product, all cores):
+"of matmul peak" is model FLOP/s over it.
+
+`--model smollm2` is SmolLM2-135M-Instruct itself (the GGUF `make` installs, dequantised: 30 layers,
+49,152-token vocabulary, tied head), so the transformer body and the head weigh what they weigh in a real
+model; the other shapes are random Llamas with the GPT-2 vocabulary. `--trl-best-cpu` runs TRL at its best
+CPU settings (reference log-probs precomputed, no gradient checkpointing) instead of its defaults.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import platform
 import resource
 import sys
 import tempfile
+import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date
@@ -49,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.report import BENCHMARKS_MD  # noqa: E402
 from benchmarks.trl_baseline import GPT2_TOKENIZER, HH_TEST, run_trl  # noqa: E402
 
+REAL_MODELS = ("smollm2",)  # real weights, installed by `make` (training/gguf.py)
 MODELS = {  # Llama shapes with the GPT-2 vocabulary and random weights (throughput does not depend on them)
     "micro-llama": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=2),
     "tiny-llama": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4),
@@ -62,6 +72,30 @@ BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H200 NVL", 835.
                     ("H200", 989.4), ("H800", 989.4), ("A100", 312.0))
 FLOPS_PER_TOKEN_PER_WEIGHT = 10  # see the module docstring
 TARGET = (2.0, 0.7)  # issue 19: >= 2x TRL+Liger tokens/s at <= 0.7x its peak CUDA memory
+
+
+def prepare_model(directory: Path, shape: str, device: str = "cpu", seed: int = 0) -> tuple[Path, dict]:
+    """The model folder to train and its parameter counts: a real model's own folder, or a random Llama of
+    `shape` built into `directory`."""
+    if shape == "smollm2":
+        from training.gguf import dequantized, smollm2
+
+        folder = dequantized(smollm2())
+        return folder, real_counts(folder)
+    return directory, build_model(directory, shape, device, seed)
+
+
+def real_counts(folder: Path) -> dict:
+    """Parameter counts of a saved model; a tied output head is counted among the weights tokens multiply."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())
+    tied = embed.data_ptr() == head.data_ptr()
+    return {"parameters": total, "matmul_parameters": total - embed.numel() + (head.numel() if tied else 0),
+            "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size, "tied_head": tied}
 
 
 def build_model(directory: Path, shape: str, device: str = "cpu", seed: int = 0) -> dict:
@@ -141,8 +175,9 @@ def _thumbs_in_child(snapshot: str, model_dir: str, out: str, settings: dict, pr
     from training.trainer import train
 
     config = TrainConfig(**settings)
+    started = time.perf_counter()
     train(Path(snapshot), model_dir, Path(out), config, log=lambda line: None)
-    result = _figures(Path(out), config)
+    result = dict(_figures(Path(out), config), epoch_seconds=time.perf_counter() - started)
     if profile:  # a profiler that cannot run here must not cost the figures above
         try:
             profiled = TrainConfig(**dict(settings, max_steps=profile_steps))
@@ -216,6 +251,21 @@ def matmul_ceiling() -> float:
     return 2 * 8192 ** 3 / sorted(times)[len(times) // 2]
 
 
+def cpu_matmul_ceiling() -> float:
+    """Measured float32 FLOP/s of a 2048^3 matrix product on random data on every core torch uses, median of 10."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(10):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * 2048 ** 3 / sorted(times)[len(times) // 2]
+
+
 def add_flops(result: dict, counts: dict, peak: Optional[float]) -> None:
     flops = result["real_tokens_per_second"] * FLOPS_PER_TOKEN_PER_WEIGHT * counts["matmul_parameters"]
     result["model_flops_per_second"] = flops
@@ -225,17 +275,17 @@ def add_flops(result: dict, counts: dict, peak: Optional[float]) -> None:
 def table(rows: list) -> str:
     """rows: (name, result) with result["status"] in ok | failed | skipped."""
     gb = 1 << 30
-    lines = ["| trainer | s/step | real tokens/step | real tokens/s | model TFLOP/s | MFU | peak CUDA GB | "
-             "peak RSS GB | loss at step 0 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| trainer | s/step | real tokens/step | real tokens/s | model TFLOP/s | MFU | epoch s | peak CUDA GB | "
+             "peak RSS GB | loss at step 0 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {name} | {r['status']}: {r['reason']} | | | | | | | |")
+            lines.append(f"| {name} | {r['status']}: {r['reason']} | | | | | | | | |")
             continue
         cuda = f"{r['peak_cuda_bytes'] / gb:.2f}" if r.get("peak_cuda_bytes") else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
         lines.append(f"| {name} | {r['seconds_per_step']:.3f} | {r['real_tokens_per_step']:,.0f} | "
                      f"{r['real_tokens_per_second']:,.0f} | {r['model_flops_per_second'] / 1e12:.2f} | {mfu} | "
-                     f"{cuda} | {r['peak_rss_bytes'] / gb:.2f} | {r['loss_step0']:.6f} |")
+                     f"{r.get('epoch_seconds', float('nan')):,.0f} | {cuda} | {r['peak_rss_bytes'] / gb:.2f} | {r['loss_step0']:.6f} |")
     return "\n".join(lines)
 
 
@@ -247,6 +297,9 @@ def ratios(ours: dict, baselines: list) -> list:
             continue
         speed = ours["real_tokens_per_second"] / theirs["real_tokens_per_second"]
         line = f"thumbs / {name}: **{speed:.2f}x** throughput, {ours['peak_rss_bytes'] / theirs['peak_rss_bytes']:.2f}x peak RSS"
+        if ours.get("epoch_seconds") and theirs.get("epoch_seconds"):
+            line += (f", epoch {theirs['epoch_seconds'] / ours['epoch_seconds']:.2f}x as fast ({ours['epoch_seconds']:.0f} s vs "
+                     f"{theirs['epoch_seconds']:.0f} s, setup and reference pass included)")
         if ours.get("peak_cuda_bytes") and theirs.get("peak_cuda_bytes"):
             memory = ours["peak_cuda_bytes"] / theirs["peak_cuda_bytes"]
             line += f", **{memory:.2f}x** peak CUDA memory"
@@ -296,7 +349,7 @@ def machine(device: str) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vs", choices=["trl"], required=True)
-    parser.add_argument("--model", choices=sorted(MODELS), default="tiny-llama")
+    parser.add_argument("--model", choices=sorted(MODELS) + list(REAL_MODELS), default="tiny-llama")
     parser.add_argument("--pairs", type=int, default=80, help="HH-RLHF pairs; twice as many examples")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=None, help="default: one epoch")
@@ -304,6 +357,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-prompt-length", type=int, default=384)
     parser.add_argument("--quantize", choices=["none", "nf4"], default="none")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when present")
+    parser.add_argument("--trl-best-cpu", action="store_true",
+                        help="TRL with its reference log-probs precomputed and no gradient checkpointing")
     parser.add_argument("--liger", choices=["auto", "off"], default="auto",
                         help="auto: also run TRL with use_liger_kernel where liger-kernel and a GPU are there")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, for MFU; "
@@ -327,52 +382,62 @@ def main(argv=None) -> int:
     steps = args.steps or len(rows) // args.batch
     common = dict(beta=0.1, lora_r=16, lora_alpha=32, lora_dropout=0.0, max_length=args.max_length,
                   max_prompt_length=args.max_prompt_length, learning_rate=5e-5)
-    peak = bf16_peak(torch.cuda.get_device_name(), args.peak_tflops) if device == "cuda" else None
-    ceiling = matmul_ceiling() if device == "cuda" else None
+    ceiling = matmul_ceiling() if device == "cuda" else cpu_matmul_ceiling()
+    # MFU's yardstick: the GPU's datasheet bf16 peak; on the CPU this machine's measured float32 matmul rate
+    peak = bf16_peak(torch.cuda.get_device_name(), args.peak_tflops) if device == "cuda" else ceiling
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         tmp = Path(tmp)
-        counts = build_model(tmp / "model", args.model, device)
+        model_dir, counts = prepare_model(tmp / "model", args.model, device)
         snapshot = write_snapshot(rows, tmp / "snapshot")
         print(f"{args.model}: {counts['parameters'] / 1e6:,.1f}M parameters, {len(rows)} HH-RLHF examples, "
               f"batch {args.batch}, {steps} steps, base {args.quantize}, {machine(device)}"
               + (f"; bf16 matmul ceiling {ceiling / 1e12:,.0f} TFLOP/s measured, peak "
-                 f"{peak / 1e12 if peak else float('nan'):,.0f} by the datasheet" if ceiling else ""), flush=True)
+                 f"{peak / 1e12 if peak else float('nan'):,.0f} by the datasheet" if device == "cuda"
+                 else f"; float32 matmul {ceiling / 1e9:,.0f} GFLOP/s measured"), flush=True)
 
         from transformers import AutoTokenizer
 
         from training.data import render
-        tokenizer = AutoTokenizer.from_pretrained(tmp / "model")
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
         examples = []
         for r in rows:  # the very texts thumbs renders, so both tokenize the same strings
             prompt, completion, _ = render(r["prompt"], r["completion"], tokenizer)
             examples.append({"prompt": prompt, "completion": completion, "label": r["desirable"]})
         trl_kwargs = dict(steps=steps, batch_size=args.batch, desirable_weight=1.0, undesirable_weight=1.0, seed=0,
-                          quantize_4bit=args.quantize == "nf4", device=device, **common)
-        results = {"TRL KTOTrainer": attempt("TRL KTOTrainer", run_trl, tmp / "model", tmp / "model", examples,
+                          quantize_4bit=args.quantize == "nf4", device=device, precompute_ref=args.trl_best_cpu,
+                          gradient_checkpointing=not args.trl_best_cpu, **common)
+        results = {"TRL KTOTrainer": attempt("TRL KTOTrainer", run_trl, model_dir, model_dir, examples,
                                              output_dir=str(tmp / "trl"), **trl_kwargs)}
         why_not = "--liger off" if args.liger == "off" else liger_unavailable(device)
         results["TRL KTOTrainer + Liger"] = {"status": "skipped", "reason": why_not} if why_not else attempt(
-            "TRL KTOTrainer + Liger", run_trl, tmp / "model", tmp / "model", examples,
+            "TRL KTOTrainer + Liger", run_trl, model_dir, model_dir, examples,
             output_dir=str(tmp / "trl-liger"), liger=True, **trl_kwargs)
         settings = dict(common, max_steps=steps, micro_batch_size=args.batch, quantize=args.quantize, device=device,
                         checkpoint_every=0, seed=0)
-        results["thumbs (incl. reference pass)"] = attempt("thumbs", run_thumbs, snapshot, tmp / "model",
+        results["thumbs (incl. reference pass)"] = attempt("thumbs", run_thumbs, snapshot, model_dir,
                                                            tmp / "thumbs", settings, args.profile, args.profile_steps)
     for result in results.values():
         if result["status"] == "ok":
             add_flops(result, counts, peak)
+            if "epoch_seconds" not in result:  # TRL: building the trainer (tokenising, the reference pass) + train()
+                result["epoch_seconds"] = result["setup_seconds"] + result["train_wall_seconds"]
 
     ours = results["thumbs (incl. reference pass)"]
-    baselines = [("TRL defaults", results["TRL KTOTrainer"]), ("TRL + Liger", results["TRL KTOTrainer + Liger"])]
+    trl_name = "TRL (reference precomputed, no checkpointing)" if args.trl_best_cpu else "TRL defaults"
+    baselines = [(trl_name, results["TRL KTOTrainer"]), ("TRL + Liger", results["TRL KTOTrainer + Liger"])]
     md = table(list(results.items())) + "\n\n" + "\n".join(ratios(ours, baselines))
     command = " ".join(["python benchmarks/train.py"] + (sys.argv[1:] if argv is None else list(argv)))
-    detail = (f"{args.model} ({counts['parameters'] / 1e6:,.1f}M parameters, GPT-2 vocabulary, random weights), "
+    what = ("SmolLM2-135M-Instruct's real weights and vocabulary" if args.model in REAL_MODELS
+            else "GPT-2 vocabulary, random weights")
+    detail = (f"{args.model} ({counts['parameters'] / 1e6:,.1f}M parameters, {what}), "
               f"{len(rows)} HH-RLHF examples, batch {args.batch}, {steps} steps, max length {args.max_length}, "
               f"LoRA r16 all-linear, base {args.quantize}, "
               + ("CUDA bf16" + (f"; MFU against {peak / 1e12:,.1f} TFLOP/s dense bf16 (datasheet), "
                                 f"{ceiling / 1e12:,.0f} TFLOP/s measured on an 8192^3 bf16 matmul"
                                 if peak else f"; {ceiling / 1e12:,.0f} TFLOP/s measured bf16 matmul, no datasheet peak")
-                 if device == "cuda" else "CPU float32")
+                 if device == "cuda" else f"CPU float32; of matmul peak = model FLOP/s over {ceiling / 1e9:,.0f} "
+                 f"GFLOP/s, a 2048^3 float32 matmul measured on this machine")
+              + ("; TRL with its reference precomputed, no gradient checkpointing" if args.trl_best_cpu else "")
               + f"; model FLOPs {FLOPS_PER_TOKEN_PER_WEIGHT}N per token, N = {counts['matmul_parameters'] / 1e6:,.1f}M")
     entry = (f"\n### train vs TRL, {date.today().isoformat()}\n\n`{command}` on {machine(device)}; {detail}\n\n"
              f"{md}\n")
