@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.report import record, timing_table  # noqa: E402
+from ingest.intake.formats.otlp import any_value  # noqa: E402
 from ingest.intake.job import IngestConfig, ingest  # noqa: E402
 
 WORDS = ("the a model answer user please explain how why what code python data error help thanks "
@@ -83,21 +84,8 @@ def generate_langfuse(path: Path, n: int, seed: int = 0) -> None:
             }) + "\n")
 
 
-def _any(value):
-    """Python to an OTLP/JSON AnyValue."""
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        return {"intValue": str(value)}
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, dict):
-        return {"kvlistValue": {"values": [{"key": k, "value": _any(v)} for k, v in value.items()]}}
-    return {"stringValue": value}
-
-
 def _kv(attributes: dict) -> list:
-    return [{"key": k, "value": _any(v)} for k, v in attributes.items() if v is not None]
+    return [{"key": k, "value": any_value(v)} for k, v in attributes.items() if v is not None]
 
 
 def generate_otel_logs(path: Path, n: int, seed: int = 0, per_line: int = 100) -> None:
@@ -120,10 +108,10 @@ def generate_otel_logs(path: Path, n: int, seed: int = 0, per_line: int = 100) -
                     request = [("system", "You are a helpful assistant.")] + request
                 for at, (role, content) in enumerate(request):
                     records.append({"timeUnixNano": str(start + at), "eventName": f"gen_ai.{role}.message", **ids,
-                                    "attributes": _kv({"gen_ai.system": "openai"}), "body": _any({"content": content})})
+                                    "attributes": _kv({"gen_ai.system": "openai"}), "body": any_value({"content": content})})
                 records.append({"timeUnixNano": str(start + 5), "eventName": "gen_ai.choice", **ids,
                                 "attributes": _kv({"gen_ai.system": "openai"}),
-                                "body": _any({"index": 0, "finish_reason": "stop", "message": {
+                                "body": any_value({"index": 0, "finish_reason": "stop", "message": {
                                     "role": "assistant", "content": _text(rng, 10, 120)}})})
                 records.append({"timeUnixNano": str(start + 60_000_000_000), "eventName": "gen_ai.evaluation.result",
                                 **ids, "attributes": _kv({"gen_ai.evaluation.name": "thumbs",

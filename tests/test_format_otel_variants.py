@@ -16,8 +16,9 @@ import json
 
 import pytest
 from test_ingest_formats import config, hh, pandalm, rows, write_jsonl
-from test_ingest_formats_more import NS0, _any, _iso
+from test_ingest_formats_more import NS0, _iso
 
+from ingest.intake.formats.otlp import any_value
 from ingest.intake.job import ingest
 from ingest.lake import quarantine_table
 from ingest.privacy import INSECURE_DEV_KEY, Pseudonymizer
@@ -29,7 +30,7 @@ SECOND = 1_000_000_000
 
 def kv(attributes: dict) -> list[dict]:
     """Dotted attribute names to OTLP/JSON key/value pairs (None left out, as the SDKs leave unset values out)."""
-    return [{"key": k, "value": _any(v)} for k, v in attributes.items() if v is not None]
+    return [{"key": k, "value": any_value(v)} for k, v in attributes.items() if v is not None]
 
 
 def spans_line(spans, scope="opentelemetry.instrumentation.openai_v2") -> dict:
@@ -55,7 +56,7 @@ def record(k: int, name: str, body=None, attributes=None, at: int = 0) -> dict:
            "severityNumber": 9, "eventName": name, "traceId": f"{k:032x}", "spanId": f"{k:016x}", "flags": 1,
            "attributes": kv(attributes or {"gen_ai.system": "openai"})}
     if body is not None:
-        out["body"] = _any(body)
+        out["body"] = any_value(body)
     return out
 
 
@@ -235,7 +236,7 @@ def test_event_only_hostile_and_span_and_event_read_once(tmp_path):
         """The good record of call k with some attributes changed (None: left out)."""
         out = _details_record(k, None, messages, chosen, "u-1", "c-1")
         named = {a["key"]: a["value"] for a in out["attributes"]}
-        named.update({key: None if v is None else _any(v) for key, v in changes.items()})
+        named.update({key: None if v is None else any_value(v) for key, v in changes.items()})
         out["attributes"] = [{"key": key, "value": v} for key, v in named.items() if v is not None]
         return out
 
@@ -317,7 +318,7 @@ def test_openllmetry_hostile_spans(tmp_path):
         """The good span with some attributes changed (None: left out, as OpenLLMetry leaves out empty values)."""
         s = _openllmetry_span(k, None, messages, chosen, evaluation=evaluation_event(k, True))
         named = {a["key"]: a["value"] for a in s["attributes"]}
-        named.update({key: None if v is None else _any(v) for key, v in changes.items()})
+        named.update({key: None if v is None else any_value(v) for key, v in changes.items()})
         s["attributes"] = [{"key": key, "value": v} for key, v in named.items() if v is not None]
         return s
 
@@ -413,7 +414,7 @@ def _refused_calls() -> dict:
     blob = {"type": "blob", "modality": "image", "mime_type": "image/png", "content": "iVBORw0KGgo="}
     with_blob = [{"role": "user", "parts": [{"type": "text", "content": messages[-1]["content"]}, blob]}]
     details = _details_record(0, None, messages, chosen, "u-0", "c-0")
-    details["attributes"] = [a if a["key"] != "gen_ai.output.messages" else {"key": a["key"], "value": _any([{
+    details["attributes"] = [a if a["key"] != "gen_ai.output.messages" else {"key": a["key"], "value": any_value([{
         "role": "assistant", "finish_reason": "tool_call", "parts": [
             {"type": "tool_call", "id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}}]}])}
         for a in details["attributes"]]
@@ -459,3 +460,11 @@ def test_a_rating_of_a_refused_call_elsewhere_is_unsupported_content(tmp_path, v
     assert (summary["accepted"], summary["quarantined"], summary["unrated"]) == (0, {"unsupported_content": 1}, 0)
     assert quarantined(lake) == [("thumbs.jsonl", 1, "unsupported_content")]  # the rating, not the call
     assert details(lake) == [f"the generation it rates: {where}, which thumbs cannot hold as text"]
+
+
+@pytest.mark.parametrize("value", ["text", "", 7, -2**63, 0.5, True, False, [1, "a", [2.5]],
+                                   {"role": "user", "parts": [{"type": "text", "content": "hi"}]}])
+def test_otlp_any_value_is_read_back_as_written(value):
+    from ingest.intake.formats.otlp import value_of
+
+    assert value_of(any_value(value)) == value

@@ -6,6 +6,7 @@ import json
 
 from test_ingest_formats import assert_same_lake_as_events, config, event, hh, pandalm, reasons, rows, write_jsonl
 
+from ingest.intake.formats.otlp import any_value
 from ingest.intake.job import ingest
 from ingest.lake import quarantine_table
 
@@ -14,23 +15,8 @@ from ingest.lake import quarantine_table
 NS0 = 1_763_600_000_000_000_000  # 2025-11-20T00:53:20Z in unix nanoseconds
 
 
-def _any(value):
-    """Python to an OTLP/JSON AnyValue."""
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        return {"intValue": str(value)}
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, list):
-        return {"arrayValue": {"values": [_any(v) for v in value]}}
-    if isinstance(value, dict):
-        return {"kvlistValue": {"values": [{"key": k, "value": _any(v)} for k, v in value.items()]}}
-    return {"stringValue": value}
-
-
 def _attrs(**named):
-    return [{"key": k.replace("__", "."), "value": _any(v)} for k, v in named.items() if v is not None]
+    return [{"key": k.replace("__", "."), "value": any_value(v)} for k, v in named.items() if v is not None]
 
 
 def _parts(messages):

@@ -37,6 +37,22 @@ def value_of(value):
     return inner
 
 
+def any_value(value) -> dict:
+    """Python to an OTLP/JSON AnyValue, as the exporter encodes it: `value_of`'s inverse (what writes OTLP
+    records for the tests and benchmarks/ingest.py)."""
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, list):
+        return {"arrayValue": {"values": [any_value(v) for v in value]}}
+    if isinstance(value, dict):
+        return {"kvlistValue": {"values": [{"key": k, "value": any_value(v)} for k, v in value.items()]}}
+    return {"stringValue": value}
+
+
 def attributes(items) -> dict:
     """A list of {key, value} (attributes, a kvlist's values) to a dict; the last of a repeated key wins."""
     if not isinstance(items, list):
