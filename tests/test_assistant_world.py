@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from evaluation import world
 from evaluation.world import assistant
 from evaluation.world.serving import _draw
 
@@ -38,8 +39,8 @@ def test_hidden_taste_is_a_brief_complete_answer(text, finished, liked):
 
 def test_clicks_flip_the_verdict_at_the_stated_noise():
     verdicts = [i % 3 == 0 for i in range(6000)]
-    assert assistant.rate(verdicts, 0.0, seed=1) == verdicts
-    flipped = sum(c != v for c, v in zip(assistant.rate(verdicts, 0.1, seed=1), verdicts)) / len(verdicts)
+    assert world.click(verdicts, 0.0, seed=1) == verdicts
+    flipped = sum(c != v for c, v in zip(world.click(verdicts, 0.1, seed=1), verdicts)) / len(verdicts)
     assert 0.09 < flipped < 0.11
 
 
@@ -61,7 +62,7 @@ def test_a_day_on_smollm2_is_sampled_rated_and_logged(tmp_path):
     from training.gguf import dequantized
     from evaluation.world import load_policy
 
-    model, tokenizer = load_policy(dequantized(assistant.base(log=lambda line: None)))
+    model, tokenizer = load_policy(dequantized(assistant.base()))
     prompts = assistant.day_requests(0, 4, seed=0)
     first = assistant.answer(model, tokenizer, prompts, seed=5)
     assert first == assistant.answer(model, tokenizer, prompts, seed=5)  # the same seed, the same draws

@@ -20,10 +20,10 @@ Modules, in reading order:
 
 from evaluation.world.base import TRAIN_SETTINGS, WorldConfig, build_base
 from evaluation.world.serving import answer, load_policy
-from evaluation.world.taste import (HELD_OUT_TASKS, MAX_WORDS, POLITE_OPENERS, QUESTIONS, TASKS, day_prompts,
+from evaluation.world.taste import (HELD_OUT_TASKS, MAX_WORDS, POLITE_OPENERS, QUESTIONS, TASKS, click, day_prompts,
                                     fresh_prompts, messages, question, rate, satisfied, styled_answer)
 from evaluation.world.traffic import START, Day, Truth, ground_truth, judge, simulate_day, write_events
 
 __all__ = ["TRAIN_SETTINGS", "WorldConfig", "build_base", "answer", "load_policy", "HELD_OUT_TASKS", "MAX_WORDS", "POLITE_OPENERS",
-           "QUESTIONS", "TASKS", "day_prompts", "fresh_prompts", "messages", "question", "rate", "satisfied",
+           "QUESTIONS", "TASKS", "click", "day_prompts", "fresh_prompts", "messages", "question", "rate", "satisfied",
            "styled_answer", "START", "Day", "Truth", "ground_truth", "judge", "simulate_day", "write_events"]

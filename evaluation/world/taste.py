@@ -72,6 +72,11 @@ def fresh_prompts(n: int, seed: int) -> list[str]:
 
 
 def rate(prompts: list[str], completions: list[str], noise: float, seed: int) -> list[bool]:
-    """The users' clicks: the judge's verdict, flipped with probability `noise` (misclicks, moods)."""
+    """The users' clicks on answers: the judge's verdict, flipped with probability `noise`."""
+    return click([satisfied(p, c) for p, c in zip(prompts, completions)], noise, seed)
+
+
+def click(verdicts: list[bool], noise: float, seed: int) -> list[bool]:
+    """The users' clicks: each verdict flipped with probability `noise` (misclicks, moods); any world's."""
     rng = random.Random(f"rate/{seed}")
-    return [satisfied(p, c) != (rng.random() < noise) for p, c in zip(prompts, completions)]
+    return [v != (rng.random() < noise) for v in verdicts]
