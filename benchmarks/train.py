@@ -86,11 +86,16 @@ def prepare_model(directory: Path, shape: str, device: str = "cpu", seed: int = 
 
 
 def real_counts(folder: Path) -> dict:
-    """Parameter counts of a saved model; a tied output head is counted among the weights tokens multiply."""
+    """Parameter counts of a saved model."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return parameter_counts(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32))
+
+
+def parameter_counts(model) -> dict:
+    """All parameters, and the weights every token multiplies: all but the input embedding, the output head
+    included (counted again when it is tied to the embedding)."""
     embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     total = sum(p.numel() for p in model.parameters())
     tied = embed.data_ptr() == head.data_ptr()
@@ -115,10 +120,7 @@ def build_model(directory: Path, shape: str, device: str = "cpu", seed: int = 0)
         model.to(torch.bfloat16)  # half the bytes to write and read; training computes in bf16 anyway
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    counts = {"parameters": sum(p.numel() for p in model.parameters()),
-              "matmul_parameters": sum(p.numel() for p in model.parameters())
-              - model.get_input_embeddings().weight.numel(),
-              "layers": config.num_hidden_layers, "hidden": config.hidden_size}
+    counts = parameter_counts(model)
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
