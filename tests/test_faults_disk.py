@@ -95,6 +95,29 @@ def test_a_full_disk_under_the_lake(disk, tmp_path):
     assert feedback_dataset(lake).count_rows() == 3000
 
 
+def test_a_full_disk_under_the_lake_for_a_foreign_format(disk, tmp_path):
+    """The foreign formats write in a thread beside the reading (ingest/intake/formats/batch.py `Writes`): its
+    error reaches the command as the same one clear error, and nothing of the run is left."""
+    from ingest.lake import feedback_dataset
+
+    source = tmp_path / "trl.jsonl"
+    with source.open("w") as f:
+        for line in events(tmp_path / "events.jsonl").read_text().splitlines():
+            event = json.loads(line)
+            f.write(json.dumps({"prompt": event["prompt"], "completion": event["completion"],
+                                "label": event["label"] == "up"}) + "\n")
+    disk.resize("512k")
+    lake = disk.path / "lake"
+    full = thumbs("ingest", source, "--format", "trl-kto", "--lake", lake, "--insecure-dev-key", "--quiet")
+    assert_one_clear_error(full, lake)
+    assert tree(lake) == {}
+
+    disk.resize("64m")
+    again = thumbs("ingest", source, "--format", "trl-kto", "--lake", lake, "--insecure-dev-key", "--quiet")
+    assert again.returncode == 0 and "1 source(s) read" in again.stdout, again.stderr
+    assert feedback_dataset(lake).count_rows() == 3000
+
+
 def test_a_full_disk_under_the_snapshot_folder(disk, tmp_path):
     source = events(tmp_path / "events.jsonl")
     assert thumbs("ingest", source, "--lake", tmp_path / "lake", "--insecure-dev-key", "--quiet").returncode == 0

@@ -88,7 +88,7 @@ def ingest(sources: list[str | os.PathLike], lake: str | os.PathLike, config: In
     if config.format in FOREIGN_FORMATS:  # joins across sources: ingest/intake/formats/batch.py drives the run
         from ingest.intake.formats.batch import ingest_batch
         with lake_files.claims(lake, shas.values(), fingerprint, config.force):  # the run commits them together
-            return ingest_batch(sources, lake, config, key, progress)
+            return ingest_batch(sources, lake, config, key, progress, shas=shas)
     pseudonymize = Pseudonymizer(key)
     start = time.monotonic()
     summaries, done = [], set()

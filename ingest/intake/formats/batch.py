@@ -23,11 +23,14 @@ store keeps the reason, never the content); one no rating reaches is `unrated`, 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
 import re
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,6 +107,40 @@ class Pending:
         return len(self.meta)
 
 
+class Writes:
+    """The run's writing, in one thread beside the reading: a flush's validation (Arrow's JSON reader) and its
+    Parquet encoding and compression release the GIL, so on a second core they overlap the reading of the next
+    lines. Writes run one at a time in the order submitted; at most `depth` wait (a flush's events each), so
+    memory stays bounded. A write's error is raised to the reader at its next submit, or at `drain`."""
+
+    def __init__(self, depth: int = 2):
+        self.depth = depth
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="thumbs-ingest-writes")
+        self.queue: deque = deque()
+
+    def submit(self, fn, *args) -> None:
+        self.queue.append(self.pool.submit(fn, *args))
+        while len(self.queue) > self.depth:
+            self.queue.popleft().result()
+
+    def drain(self) -> None:
+        """Wait for every write submitted; the first error is raised, once the others have stopped too."""
+        error = None
+        while self.queue:
+            try:
+                self.queue.popleft().result()
+            except BaseException as err:  # noqa: BLE001 - raised below, after the queue is empty
+                error = error or err
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Stop: every write submitted has finished (its error, if any, is dropped: the run is failing)."""
+        with contextlib.suppress(BaseException):
+            self.drain()
+        self.pool.shutdown()
+
+
 class ParseContext:
     """What the format modules read: the options, the run's trace index, the default time."""
 
@@ -161,6 +198,7 @@ class Batch:
         self.ctx = ParseContext(config.formats, Index(), self.default_ts.isoformat())
         self.events_config = replace(config, format="events")
         self.sources: list[_Source] = []
+        self.writes = Writes()
         self.deferred: list[tuple[_Source, int, Rating]] = []
 
     def row_ctx(self, name: str, pseudonymize=None) -> RowContext:
@@ -175,7 +213,7 @@ class Batch:
         self.sources.append(src)
         if self.config.format in JOINED:  # a score in a later run may name any of its generations
             src.store = generations.Store(self.lake, self.config.format, summary.sha256, self.pseudonymize,
-                                          self.config.scrub_pii)
+                                          self.config.scrub_pii, submit=self.writes.submit)
         meter = Progress(summary.source, os.path.getsize(path)) if self.progress else None
         try:
             for item in read_blocks(str(path), self.config.max_line_bytes,
@@ -195,6 +233,7 @@ class Batch:
             self.flush(src)
         except SourceError:
             src.failed = True  # its generations may answer no rating of another source, its files go
+            self.writes.drain()  # nothing of it is still being written when its files go
             src.writer.abort()
             if src.store is not None:
                 src.store.abort()
@@ -311,36 +350,43 @@ class Batch:
 
     # -- writing -------------------------------------------------------------------------------------------
     def flush(self, src: _Source) -> None:
-        self._validate(src, src.pending, src.row_ctx)
-        src.pending = Pending()
-        for name, pending in src.rescue.items():
-            self._validate(src, pending, self.row_ctx(name), rescued=True)
-        src.rescue = {}
-        already = generations.AlreadyPseudonymized()
-        self._validate(src, src.stored, self.row_ctx(src.summary.source, already), pseudonymize=already)
-        src.stored = Pending()
-        if src.bad:
-            bad = [(line, raw_bytes(raw, self.pseudonymize), err) for line, raw, err in src.bad]
-            src.writer.write_quarantine(validate.quarantine_rows(bad, src.summary, self.pseudonymize,
-                                                             self.config.scrub_pii))
-            for _, _, err in src.bad:
-                src.summary.quarantined[err.reason.value] = src.summary.quarantined.get(err.reason.value, 0) + 1
-            src.bad = []
+        """Hand what `src` has waiting (events, rescued and stored events, bad lines) to the writing thread."""
+        if not (src.pending or src.rescue or src.stored or src.bad):
+            return
+        work = (src.pending, src.rescue, src.stored, src.bad)
+        src.pending, src.rescue, src.stored, src.bad = Pending(), {}, Pending(), []
+        self.writes.submit(self._write, src, *work)
 
-    def _validate(self, src: _Source, pending: Pending, row_ctx: RowContext, rescued: bool = False,
+    def _write(self, src: _Source, pending: Pending, rescue: dict, stored: Pending, bad: list) -> None:
+        """In the writing thread: validate and write one flush's events, then quarantine its bad lines."""
+        self._validate(src, pending, src.row_ctx, bad)
+        for name, events in rescue.items():
+            self._validate(src, events, self.row_ctx(name), bad, rescued=True)
+        already = generations.AlreadyPseudonymized()
+        self._validate(src, stored, self.row_ctx(src.summary.source, already), bad, pseudonymize=already)
+        if bad:
+            rows = [(line, raw_bytes(raw, self.pseudonymize), err) for line, raw, err in bad]
+            src.writer.write_quarantine(validate.quarantine_rows(rows, src.summary, self.pseudonymize,
+                                                             self.config.scrub_pii))
+            for _, _, err in bad:
+                src.summary.quarantined[err.reason.value] = src.summary.quarantined.get(err.reason.value, 0) + 1
+
+    def _validate(self, src: _Source, pending: Pending, row_ctx: RowContext, bad: list, rescued: bool = False,
                   pseudonymize=None) -> None:
-        """Events lines through the events path; rows and quarantine keep the source's line numbers."""
+        """Events lines through the events path into `src`'s writer, their bad lines onto `bad`; rows and
+        quarantine keep the source's line numbers."""
         if not pending:
             return
         summary = src.summary
         block = Block(0, bytes(pending.buf[:-1]), len(pending))
         meta = pending.meta
         origin = pa.array([m[0] for m in meta], pa.int64())
-        rows, bad = validate.parse_block(block, self.events_config, row_ctx, pseudonymize or self.pseudonymize, summary)
-        src.bad.extend((*meta[i], err) for i, _, err in bad)
+        rows, invalid = validate.parse_block(block, self.events_config, row_ctx, pseudonymize or self.pseudonymize,
+                                             summary)
+        bad.extend((*meta[i], err) for i, _, err in invalid)
         if rows is not None and rows.num_rows:
             rows, dupes = validate.drop_repeated_ids(rows, src.seen_ids, block)
-            src.bad.extend((*meta[i], err) for i, _, err in dupes)
+            bad.extend((*meta[i], err) for i, _, err in dupes)
             column = rows.schema.get_field_index("source_line")
             rows = rows.set_column(column, rows.schema.field(column), pc.take(origin, rows.column("source_line")))
             src.writer.write_rows(rows)
@@ -355,9 +401,14 @@ class Batch:
 
     def commit(self) -> None:
         for src in self.sources:
+            if not src.failed:
+                self.flush(src)
+                if src.store is not None:
+                    src.store.flush()
+        self.writes.drain()
+        for src in self.sources:
             if src.failed:
                 continue
-            self.flush(src)
             if src.store is not None:
                 src.store.commit()
             src.summary.unrated += src.generations - src.used
@@ -368,8 +419,11 @@ class Batch:
             src.summary.partitions = src.writer.commit(record)
 
 
-def ingest_batch(sources, lake, config, key: bytes, progress: bool = True) -> IngestSummary:
-    """`ingest.intake.job.ingest` for the foreign formats: same summary, same guarantees."""
+def ingest_batch(sources, lake, config, key: bytes, progress: bool = True,
+                 shas: dict[str, str] | None = None) -> IngestSummary:
+    """`ingest.intake.job.ingest` for the foreign formats: same summary, same guarantees. `shas`: the
+    sources' sha256 by path, as `job.ingest` hashed them already (a source it could not read is hashed here)."""
+    shas = shas or {}
     lake = Path(lake)
     run = Batch(lake, config, key, progress)
     start = time.monotonic()
@@ -383,7 +437,7 @@ def ingest_batch(sources, lake, config, key: bytes, progress: bool = True) -> In
             summary = SourceSummary(source=Path(source).name)
             t0 = time.monotonic()
             try:
-                summary.sha256 = sha256_of(str(source))
+                summary.sha256 = shas.get(str(source)) or sha256_of(str(source))
                 if summary.sha256 in seen or lake_files.ingested_record(lake, summary.sha256) is not None:
                     summary.status = "skipped"
                 else:
@@ -396,6 +450,7 @@ def ingest_batch(sources, lake, config, key: bytes, progress: bool = True) -> In
         run.resolve()
         run.commit()
     except BaseException:
+        run.writes.close()  # no write of the run is under way when its files go
         for src in run.sources:
             src.writer.abort()
         for src in run.sources:
@@ -403,6 +458,7 @@ def ingest_batch(sources, lake, config, key: bytes, progress: bool = True) -> In
                 src.store.abort()
         raise
     finally:
+        run.writes.close()
         if collecting:
             gc.enable()
     return IngestSummary(str(lake), summaries, time.monotonic() - start)

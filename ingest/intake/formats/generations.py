@@ -56,8 +56,10 @@ def _scrubbed(value, scrub: bool):
 class Store:
     """One source's generations, appended as they are read; committed or aborted with the source."""
 
-    def __init__(self, lake: Path, fmt: str, sha256: str, pseudonymize, scrub: bool):
+    def __init__(self, lake: Path, fmt: str, sha256: str, pseudonymize, scrub: bool, submit=None):
+        """`submit(fn, *args)` runs a write (in the order given: the run's writing thread); default: at once."""
         self.out = AtomicParquet(lake / DIR / fmt / f"{sha256[:16]}.parquet", SCHEMA)
+        self.submit = submit or (lambda fn, *args: fn(*args))
         self.pseudonymize, self.scrub = pseudonymize, scrub
         self._keys: list[str] = []
         self._ranks: list[str] = []
@@ -94,14 +96,16 @@ class Store:
     def flush(self) -> None:
         if not self._keys:
             return
-        blobs = pa.BinaryArray.from_buffers(pa.binary(), len(self._keys), [
-            None, pa.py_buffer(pa.array(self._offsets, pa.int32()).buffers()[1]), pa.py_buffer(bytes(self._data))])
-        self.out.write(pa.table([pa.array(self._keys, pa.string()), pa.array(self._ranks, pa.string()), blobs],
-                                schema=SCHEMA))
+        self.submit(self._write, self._keys, self._ranks, self._data, self._offsets)
         self._keys, self._ranks, self._data, self._offsets = [], [], bytearray(), [0]
 
+    def _write(self, keys: list, ranks: list, data: bytearray, offsets: list) -> None:
+        blobs = pa.BinaryArray.from_buffers(pa.binary(), len(keys), [
+            None, pa.py_buffer(pa.array(offsets, pa.int32()).buffers()[1]), pa.py_buffer(bytes(data))])
+        self.out.write(pa.table([pa.array(keys, pa.string()), pa.array(ranks, pa.string()), blobs], schema=SCHEMA))
+
     def commit(self) -> None:
-        self.flush()
+        """Make the file the source's: after `flush`, once the writes `submit` took have finished."""
         self.out.commit()
 
     def abort(self) -> None:
