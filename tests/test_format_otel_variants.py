@@ -147,6 +147,35 @@ def test_openai_v2_default_mode_log_records_joined_to_their_span(tmp_path):
         assert lake_rows(lake) == expected, name
 
 
+def test_openai_v2_ratings_exported_beside_their_calls_wait_for_the_span(tmp_path):
+    """The app's thumbs in the same logs batch as the calls (benchmarks/ingest.py's shape), the content-less
+    spans in the next line or in a later file: each event still has the span's model and user, and so has the
+    generation a later run's rating finds in the store."""
+    records, spans, expected = [], [], []
+    for i, (messages, chosen, rejected) in enumerate(hh(3)):
+        for k, answer, up in ((2 * i, chosen, True), (2 * i + 1, rejected, False)):
+            records += _v2_call(k, None, messages, answer) + [rating(k, up)]
+            spans.append(_v2_span(k, user=f"u-{i}"))
+            expected.append(expect(k, messages, answer, up, user=f"u-{i}"))
+    write_jsonl(tmp_path / "one.jsonl", [logs_line(records), spans_line(spans)])
+    write_jsonl(tmp_path / "logs.jsonl", [logs_line(records)])
+    write_jsonl(tmp_path / "spans.jsonl", [spans_line(spans)])
+    for name, files in (("next-line", ["one"]), ("later-file", ["logs", "spans"])):
+        lake = tmp_path / name
+        summary = ingest([tmp_path / f"{f}.jsonl" for f in files], lake, config("otel-genai"), progress=False)
+        totals = summary.to_dict()
+        assert (totals["accepted"], totals["quarantined_total"], totals["unrated"]) == (6, 0, 0), name
+        assert lake_rows(lake) == expected, name
+
+    later = rating(2, False)
+    later["timeUnixNano"] = str(NS0 + 500 * SECOND)
+    write_jsonl(tmp_path / "later.jsonl", [logs_line([later], "app")])
+    summary = ingest([tmp_path / "later.jsonl"], tmp_path / "next-line", config("otel-genai"), progress=False)
+    assert summary.to_dict()["accepted"] == 1
+    row = next(r for r in lake_rows(tmp_path / "next-line") if r["timestamp"] == _iso(NS0 + 500 * SECOND))
+    assert row == {**expected[2], "timestamp": _iso(NS0 + 500 * SECOND), "desirable": False}
+
+
 def test_openai_v2_default_mode_hostile_calls(tmp_path):
     (messages, chosen, _), = hh(1)
     image = [{"type": "text", "text": "What is in this picture?"},

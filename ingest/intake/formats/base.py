@@ -60,6 +60,8 @@ class Generation:
     origin: int = -1  # index of the run's source that holds it
     used: bool = False  # some rating reached it
     refused: BadRow | None = None  # why no rating on it can become an event (an image in its prompt, say)
+    awaiting: bool = False  # a part that brings its model, user and time is still to come (an OTel span after
+    # its log records): its ratings wait for it (`Completed`), or for the end of the run
 
 
 @dataclass(slots=True)
@@ -88,6 +90,12 @@ class Ignored:
 @dataclass(slots=True)
 class Unrated:
     pass
+
+
+@dataclass(slots=True)
+class Completed:
+    """An awaiting generation whose missing part has come: its ratings can become events now."""
+    gen: Generation
 
 
 def event_record(rating: Rating, gen: Generation) -> dict:

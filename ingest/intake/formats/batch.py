@@ -42,7 +42,8 @@ import pyarrow.compute as pc
 from ingest import lake as lake_files
 from ingest.intake import validate
 from ingest.intake.formats import generations, langfuse, langsmith, openai, orphans, otel_genai, trl_kto
-from ingest.intake.formats.base import Event, Generation, Ignored, Rating, Trace, Unrated, event_record
+from ingest.intake.formats.base import (Completed, Event, Generation, Ignored, Rating, Trace, Unrated,
+                                        event_record)
 from ingest.intake.formats.join import Index, fill_from_trace
 from ingest.privacy import Pseudonymizer, Scrubber
 from ingest.progress import Progress
@@ -59,6 +60,9 @@ ARRAY_LINES = ("langsmith",)  # formats whose line may be a JSON array of record
 _TARGET_FIELDS = {"obs": "observationId", "trace": "traceId", "run": "run_id", "span": "spanId",
                   "resp": "gen_ai.response.id"}
 FLUSH_EVENTS = 50_000  # events buffered per source before they are validated and written
+# Generations held for the part that completes them (Generation.awaiting: an OTel span after its log records), with
+# the ratings of their own lines; past this many, the oldest is settled without it (memory stays bounded).
+AWAITING_GENERATIONS = 100_000
 
 
 def dumps(obj) -> bytes:
@@ -199,6 +203,7 @@ class Batch:
         self.events_config = replace(config, format="events")
         self.sources: list[_Source] = []
         self.writes = Writes()
+        self.awaiting: dict[int, tuple[Generation, list]] = {}  # id -> (generation, its lines' ratings waiting)
         self.deferred: list[tuple[_Source, int, Rating]] = []
 
     def row_ctx(self, name: str, pseudonymize=None) -> RowContext:
@@ -264,7 +269,11 @@ class Batch:
             elif isinstance(it, Generation):
                 it.origin = src.idx
                 src.generations += 1
-                if src.store is not None:
+                if it.awaiting:  # stored, and its ratings here emitted, once complete (`_settle`)
+                    self.awaiting[id(it)] = (it, [])
+                    if len(self.awaiting) > AWAITING_GENERATIONS:
+                        self._settle(next(iter(self.awaiting)))
+                elif src.store is not None:
                     src.store.add(fill_from_trace(it, self.ctx.index.traces))
                 self.ctx.index.add(it)
                 local = local or Index()
@@ -278,6 +287,8 @@ class Batch:
                 src.summary.ignored[it.name] = src.summary.ignored.get(it.name, 0) + 1
             elif isinstance(it, Unrated):
                 src.summary.unrated += 1
+            elif isinstance(it, Completed):
+                self._settle(id(it.gen))
             else:  # (BadRow, raw of the nested record)
                 src.bad.append((line_no, it[1], it[0]))
         if src.store is not None:
@@ -288,8 +299,24 @@ class Batch:
             gen = local.get(rating.target) if local is not None else None
             if gen is None:
                 self.deferred.append((src, line_no, rating))
+            elif gen.awaiting and id(gen) in self.awaiting:
+                self.awaiting[id(gen)][1].append((src, line_no, rating))
             else:
                 self.emit(src, src.pending, rating, gen, line_no)
+
+    def _settle(self, key: int) -> None:
+        """An awaiting generation, complete now or waited for long enough: stored, its waiting ratings emitted."""
+        entry = self.awaiting.pop(key, None)
+        if entry is None:
+            return  # settled already (the wait was over)
+        gen, waiting = entry
+        origin = self.sources[gen.origin]
+        if origin.failed:
+            return
+        if origin.store is not None:
+            origin.store.add(fill_from_trace(gen, self.ctx.index.traces))
+        for src, line_no, rating in waiting:
+            self.emit(src, src.pending, rating, gen, line_no)
 
     def emit(self, src: _Source, into: Pending, rating: Rating, gen: Generation, line_no: int) -> None:
         """The event of a rating (of `src`, at `line_no`) on `gen` into `into`; quarantined if `gen` is refused."""
@@ -308,7 +335,10 @@ class Batch:
         return None if gen is None or self.sources[gen.origin].failed else gen
 
     def resolve(self) -> None:
-        """The run's ratings that named a generation outside their line, then earlier runs' orphans."""
+        """The generations still awaiting, the run's ratings that named a generation outside their line, then
+        earlier runs' orphans."""
+        for key in list(self.awaiting):
+            self._settle(key)
         missing = {r.target for src, _, r in self.deferred if not src.failed and self.lookup(r.target) is None}
         stored = generations.find(self.lake, self.config.format, missing, self.ctx.index.traces,
                                   self.pseudonymize) if missing else {}

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 
-from ingest.intake.formats.base import Generation, Ignored, Rating, nanos_to_iso
+from ingest.intake.formats.base import Completed, Generation, Ignored, Rating, nanos_to_iso
 from ingest.intake.formats.otel_content import (current_messages, message_role, openai_content, refusal, refusing,
                                                 span_content, unsupported)
 from ingest.intake.formats.otlp import attributes, items, value_of
@@ -193,6 +193,7 @@ def _call_generation(span_id: str, content, log: dict, ctx) -> list:
     span = calls.spans.pop(span_id, None)
     if span is None:
         gen = _generation(span_id, {}, content, _record_time(log))
+        gen.awaiting = True
         calls.awaiting[span_id] = gen
     else:
         attrs, start = span
@@ -200,16 +201,17 @@ def _call_generation(span_id: str, content, log: dict, ctx) -> list:
     return [gen]
 
 
-def _bare_span(span: dict, span_id, attrs: dict, ctx) -> None:
-    """A GenAI span without content: its log records have brought it already, or will."""
+def _bare_span(span: dict, span_id, attrs: dict, ctx) -> list:
+    """A GenAI span without content: its log records have brought it already (then it completes their
+    generation: `Completed`), or will."""
     if not isinstance(span_id, str) or not span_id or _GENAI_MARKS.isdisjoint(attrs):
-        return
+        return []
     calls = _calls(ctx)
     gen = calls.awaiting.pop(span_id, None)
     if gen is None:
         if ctx.index.get(f"span:{span_id}") is None:
             calls.spans[span_id] = (attrs, span.get("startTimeUnixNano"))
-        return
+        return []
     gen.timestamp = nanos_to_iso(span.get("startTimeUnixNano"), "startTimeUnixNano")
     gen.user_id = None
     _describe_call(gen, attrs)
@@ -217,6 +219,8 @@ def _bare_span(span: dict, span_id, attrs: dict, ctx) -> None:
     if isinstance(response_id, str) and response_id:  # ratings of this run that name it find it at the end
         gen.keys = (f"span:{span_id}", f"resp:{response_id}")
         ctx.index.add(gen)
+    gen.awaiting = False
+    return [Completed(gen)]
 
 
 # -- records -----------------------------------------------------------------------------------------------
@@ -266,10 +270,10 @@ def _span(span: dict, raw: bytes, ctx) -> list:
     span_id = span.get("spanId")
     events = [e for e in span.get("events") or [] if isinstance(e, dict)]
     content = refusing(span_content, attrs, events)
-    out: list = []
     if content is None:
-        _bare_span(span, span_id, attrs, ctx)
+        out = _bare_span(span, span_id, attrs, ctx)
     else:
+        out = []
         if not isinstance(span_id, str) or not span_id:
             raise BadRow(Reason.MISSING_FIELD, "GenAI span has no spanId")
         when = nanos_to_iso(span.get("startTimeUnixNano"), "startTimeUnixNano")
