@@ -19,6 +19,13 @@ def timing_table(n_events: int, rows: list[tuple[str, float]]) -> str:
 
 
 def record(stage: str, command: str, detail: str, table_md: str) -> None:
+    """Add an entry at the end of BENCHMARKS.md's `## <stage>` section (the file's end when it has none)."""
     machine = f"{os.cpu_count()}-core {platform.machine()}, Python {platform.python_version()}"
-    with open(BENCHMARKS_MD, "a") as f:
-        f.write(f"\n### {stage}, {date.today().isoformat()}\n\n`{command}` on {machine}; {detail}\n\n{table_md}\n")
+    entry = f"\n### {stage}, {date.today().isoformat()}\n\n`{command}` on {machine}; {detail}\n\n{table_md}\n"
+    text = BENCHMARKS_MD.read_text()
+    start = text.find(f"\n## {stage}\n")
+    end = text.find("\n## ", start + 1) if start >= 0 else -1
+    text = text + entry if end < 0 else text[:end].rstrip("\n") + "\n" + entry + text[end:]
+    tmp = BENCHMARKS_MD.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, BENCHMARKS_MD)
