@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from tests.conftest import GPT2_TOKENIZER
 from ingest.curate.snapshot import read_split
-from training.data import DataError, collate, encode, kl_partners, plan_epoch, render
+from training.data import DataError, collate, encode, kl_partners, passes, plan_epoch, render
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,29 @@ def test_length_grouping_cuts_padding(rows, tokenizer):
     shuffled = np.array_split(rng.permutation(len(encoded)), len(encoded) // 8)
     grouped = plan_epoch(encoded, 0, 0, micro_batch_size=8, group_size=16)
     assert padded(grouped) < 0.75 * padded(shuffled)
+
+
+@pytest.mark.parametrize("budget", [1, 300, 700, 1 << 20])
+def test_passes_cover_each_row_once_longest_first_within_the_budget(rows, tokenizer, budget):
+    encoded = encode(rows, tokenizer, 512, 256)
+    indices = np.arange(len(encoded))[:16]
+    partners = indices[kl_partners(encoded.prompt_group[indices])]
+    for completions_from in (None, partners):
+        cut = passes(encoded, indices, 512, budget, completions_from=completions_from)
+        assert sorted(np.concatenate(cut).tolist()) == list(range(len(indices)))
+        widths = []
+        for part in cut:
+            batch = collate(encoded, indices[part], 512, 0,
+                            completions_from=None if completions_from is None else completions_from[part])
+            rows_, width = batch.input_ids.shape
+            assert rows_ * width <= budget or rows_ == 1  # a row longer than the budget is a pass alone
+            assert (batch.attention_mask.sum(1)[:1] == width).all()  # its first row is its longest
+            widths.append(width)
+        assert widths == sorted(widths, reverse=True)
+        if budget == 1 << 20:
+            assert len(cut) == 1
+        if budget == 1:
+            assert len(cut) == len(indices)
 
 
 def test_z0_partners_never_share_the_prompt_even_when_pairs_sit_side_by_side(rows, tokenizer):

@@ -240,3 +240,29 @@ def test_two_cpu_processes_on_gloo_train_one_adapter(snapshot, tiny_model, tmp_p
     rows = metrics(out)
     assert [r["examples"] for r in rows] == [8, 8, 8]  # 4 per process, summed over both
     assert all(math.isfinite(r["kl"]) and r["kl"] >= 0 for r in rows)
+
+
+@pytest.mark.parametrize("objective", ["kto", "sft"])
+def test_passes_within_a_token_budget_train_the_same_adapter_as_whole_micro_batches(snapshot, tiny_model, tmp_path,
+                                                                                     objective):
+    """tokens_per_pass cuts each micro-batch into length-sorted passes whose gradients add up to the step's: one
+    example a pass (budget 1) and the whole micro-batch at once (a budget no batch reaches) give the same losses,
+    z0 and adapter, to float32 rounding."""
+    runs = {}
+    for budget in (1, 1 << 20):
+        out = tmp_path / f"budget-{budget}"
+        train(snapshot, tiny_model, out, quick(quantize="none", tokens_per_pass=budget, objective=objective),
+              log=lambda s: None)  # a Path names the base as well as a str
+        runs[budget] = (metrics(out), load_file(out / "adapter_model.safetensors"))
+    (alone, alone_weights), (whole, whole_weights) = runs[1], runs[1 << 20]
+    for a, w in zip(alone, whole):
+        assert a["tokens"] == w["tokens"] and a["examples"] == w["examples"]
+        for key in ("loss", "kl", "reward_desirable", "logps_desirable"):
+            if w.get(key) is not None:
+                assert a[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), key
+    assert whole_weights.keys() == alone_weights.keys()
+    moved = 0.0
+    for name, tensor in whole_weights.items():
+        torch.testing.assert_close(alone_weights[name], tensor, rtol=1e-4, atol=1e-6)
+        moved = max(moved, tensor.abs().max().item())
+    assert moved > 0  # lora_B starts at zero: the steps did move it

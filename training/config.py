@@ -97,6 +97,18 @@ class TrainConfig:
     of big models fill the GPU; off on CPU, where the models are small and compute is the scarce thing."""
     logits_chunk_tokens: int = Field(256, ge=1)
     """Completion positions sent through the output head at once."""
+    tokens_per_pass: Optional[int] = Field(None, ge=1)
+    """Padded positions (rows x longest row) one forward pass holds: a micro-batch is run as length-sorted
+    passes within it, whose gradients add up to the same step; a longer example is a pass alone. Bounds
+    activation memory (~1.3 MB a position on SmolLM2-135M in float32, no checkpointing) and cuts padding.
+    None: 1024 on CPU (smaller passes were faster there: BENCHMARKS.md), 16384 on CUDA (big passes keep a
+    GPU busy; its activations are checkpointed)."""
+
+    def pass_tokens(self, device_type: str) -> int:
+        """`tokens_per_pass` on a device of this type."""
+        if self.tokens_per_pass is None:
+            return 16384 if device_type == "cuda" else 1024
+        return self.tokens_per_pass
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' (cuda when present), 'cpu' or 'cuda'."""
 

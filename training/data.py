@@ -199,3 +199,22 @@ def collate(encoded: Encoded, indices: np.ndarray, max_length: int, pad_id: int,
         completion[r, len(p):len(p) + len(c)] = True
     return Batch(torch.from_numpy(input_ids), torch.from_numpy(attention).long(), torch.from_numpy(completion),
                  torch.from_numpy(encoded.desirable[indices].copy()), int(attention.sum()))
+
+
+def passes(encoded: Encoded, indices: np.ndarray, max_length: int, tokens_per_pass: int,
+           completions_from: Optional[np.ndarray] = None) -> List[np.ndarray]:
+    """Positions into `indices` (prompt i + completion i, or of `completions_from[i]`) cut into forward passes:
+    longest first, each pass's padded size (its rows x its longest row) within `tokens_per_pass`; a row longer
+    than that is a pass alone. Sorted by length, a pass holds little padding, which costs compute as much as
+    tokens do; the budget bounds what a pass keeps for backward (activations grow with rows x width)."""
+    completions_from = indices if completions_from is None else completions_from
+    prompts = np.fromiter((len(encoded.prompt_ids[i]) for i in indices), np.int64, len(indices))
+    answers = np.fromiter((len(encoded.completion_ids[j]) for j in completions_from), np.int64, len(indices))
+    widths = prompts + np.minimum(answers, max_length - prompts)
+    order = np.argsort(-widths, kind="stable")
+    out, start = [], 0
+    while start < len(order):
+        rows = max(1, min(len(order) - start, tokens_per_pass // int(widths[order[start]])))
+        out.append(order[start:start + rows])
+        start += rows
+    return out

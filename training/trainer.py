@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from training import checkpoint, distributed, gguf, run_folder
 from training.config import TrainConfig
 from ingest.curate.store import local_snapshot
 from ingest.curate.snapshot import read_split, read_stats
-from training.data import Encoded, collate, desirable_only, encode, kl_partners
+from training.data import Encoded, collate, desirable_only, encode, kl_partners, passes
 from training.loss import estimate_kl, kto_loss
 from training.model import (Scorer, check_base_model, compute_dtype, load_model, load_tokenizer, model_files_fingerprint,
                             pick_device, resolve_model_path, weights_fingerprint)
@@ -70,37 +71,47 @@ def train_step(scorer: Scorer, micro: List[np.ndarray], encoded: Encoded, refere
     stats = torch.zeros(len(STAT_NAMES), dtype=torch.float64, device=device)
     if z0_pairs is None:
         z0_pairs = [(idx, idx[kl_partners(encoded.prompt_group[idx])]) for idx in micro]
+    budget = config.pass_tokens(device.type)
     for idx, (kl_idx, kl_from) in zip(micro, z0_pairs):
-        batch = collate(encoded, idx, config.max_length, pad_id).to(device)
         with torch.no_grad():  # z0 first, so its activations are gone before the policy's are kept
             if config.objective == "kto" and config.z0 == "kl":
-                pairs = collate(encoded, kl_idx, config.max_length, pad_id, completions_from=kl_from).to(device)
-                policy_kl = scorer(pairs)
-                with scorer.reference_mode():
-                    reference_kl = scorer(pairs)
-                kl = estimate_kl(policy_kl, reference_kl)  # all-reduced over processes, clamped, detached
+                policy_kl, reference_kl = [], []
+                for part in passes(encoded, kl_idx, config.max_length, budget, completions_from=kl_from):
+                    pairs = collate(encoded, kl_idx[part], config.max_length, pad_id,
+                                    completions_from=kl_from[part]).to(device)
+                    policy_kl.append(scorer(pairs))
+                    with scorer.reference_mode():
+                        reference_kl.append(scorer(pairs))
+                # all-reduced over processes, clamped, detached
+                kl = estimate_kl(torch.cat(policy_kl), torch.cat(reference_kl))
             else:
                 kl = torch.zeros((), device=device)
-        policy_logps = scorer(batch)  # (B,)
-        d = batch.desirable
-        if config.objective == "sft":  # mean token NLL of the (all desirable) completions
-            loss = -policy_logps.sum() / batch.completion_mask.sum()
-            (loss / len(micro)).backward()
-            losses, rewards = loss.detach().expand(len(idx)), torch.zeros(len(idx), device=device)
-        else:
-            reference_logps = reference[torch.from_numpy(idx)].to(device)
-            out = kto_loss(policy_logps, reference_logps, batch.desirable, kl, config.beta,
-                           desirable_weight=weights.desirable_weight, undesirable_weight=weights.undesirable_weight)
-            (out.losses.mean() / len(micro)).backward()
-            losses, rewards = out.losses, out.rewards
+        parts = [idx[part] for part in passes(encoded, idx, config.max_length, budget)]
+        batches = [collate(encoded, part, config.max_length, pad_id) for part in parts]
+        completion_tokens = sum(int(b.completion_mask.sum()) for b in batches)  # SFT's mean is over all of them
+        for part, batch in zip(parts, batches):  # each pass's loss is its share of the micro-batch's mean
+            batch = batch.to(device)
+            policy_logps = scorer(batch)  # (B,)
+            d = batch.desirable
+            if config.objective == "sft":  # mean token NLL of the (all desirable) completions
+                loss = -policy_logps.sum() / completion_tokens
+                (loss / len(micro)).backward()
+                losses, rewards = loss.detach().expand(len(idx)), torch.zeros(len(part), device=device)
+            else:
+                reference_logps = reference[torch.from_numpy(part)].to(device)
+                out = kto_loss(policy_logps, reference_logps, batch.desirable, kl, config.beta,
+                               desirable_weight=weights.desirable_weight, undesirable_weight=weights.undesirable_weight)
+                (out.losses.sum() / (len(idx) * len(micro))).backward()
+                losses, rewards = out.losses, out.rewards
 
-        logps = policy_logps.detach().double()
-        stats += torch.stack([
-            losses.detach().double().sum(), torch.tensor(float(len(idx)), device=device),
-            d.sum().double(), (~d).sum().double(), rewards[d].double().sum(), rewards[~d].double().sum(),
-            logps[d].sum(), logps[~d].sum(), torch.tensor(float(batch.tokens), device=device),
-            kl.double(),  # the same on every process: the all-summed value / world is z0
-        ])
+            logps = policy_logps.detach().double()
+            stats += torch.stack([
+                losses.detach().double().sum(), torch.tensor(float(len(part)), device=device),
+                d.sum().double(), (~d).sum().double(), rewards[d].double().sum(), rewards[~d].double().sum(),
+                logps[d].sum(), logps[~d].sum(), torch.tensor(float(batch.tokens), device=device),
+                torch.zeros((), dtype=torch.float64, device=device),
+            ])
+        stats[-1] += kl.double()  # once a micro-batch, the same on every process: the all-summed value / world is z0
     distributed.average_gradients(scorer.trainable_parameters(), processes)
     return stats
 
@@ -140,9 +151,11 @@ class Session:
     meta: dict
 
 
-def train(snapshot: Path, base_model: str, out: Path, config: TrainConfig, *, resume: bool = False,
+def train(snapshot: Path, base_model: Union[str, os.PathLike], out: Path, config: TrainConfig, *, resume: bool = False,
           log: Optional[Callable[[str], None]] = None) -> dict:
-    """Train a KTO LoRA adapter on `snapshot`'s train split; write it to `out`; return the run's summary."""
+    """Train a KTO LoRA adapter on `snapshot`'s train split; write it to `out`; return the run's summary.
+    `base_model`: a local folder, a GGUF file or a hub name."""
+    base_model = os.fspath(base_model)  # the run's metadata records it as text
     processes = distributed.start(want_cuda=pick_device(config.device).type == "cuda")
     say = (log or (lambda line: print(line, file=sys.stderr, flush=True))) if processes.main else (lambda line: None)
     try:
