@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from common.atomic import write_json_atomic
 from ingest.curate.snapshot import cache_dir as snapshot_cache_dir
-from training.data import Encoded, collate
+from training.data import Encoded, collate, passes
 from training.model import Scorer
 
 CACHE_VERSION = 2
@@ -54,7 +54,7 @@ def cache_key(model_fingerprint: str, quantize: str, dtype: torch.dtype, device:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def reference_logps(scorer: Scorer, encoded: Encoded, *, key: str, cache_dir: Optional[Path], batch_size: int,
+def reference_logps(scorer: Scorer, encoded: Encoded, *, key: str, cache_dir: Optional[Path], tokens_per_pass: int,
                     max_length: int, pad_id: int, device: torch.device, rank: int = 0, world: int = 1,
                     log=print) -> tuple:
     """(N,) float32 tensor of log πref(y|x) for every example, and whether it came from the cache."""
@@ -66,7 +66,7 @@ def reference_logps(scorer: Scorer, encoded: Encoded, *, key: str, cache_dir: Op
             return torch.from_numpy(values), True
         if doubt:
             log(f"reference log-probs: not using the cache at {path} ({doubt}); recomputing")
-    values = _score_all(scorer, encoded, batch_size, max_length, pad_id, device, rank, world, log)
+    values = _score_all(scorer, encoded, tokens_per_pass, max_length, pad_id, device, rank, world, log)
     if path is not None and rank == 0:
         _save(path, values.numpy(), log)
     if world > 1:
@@ -103,9 +103,9 @@ def _load(path: Path, n: int) -> tuple:
     return values, ""
 
 
-def _score_all(scorer, encoded, batch_size, max_length, pad_id, device, rank, world, log) -> torch.Tensor:
-    order = np.argsort(encoded.lengths, kind="stable")  # similar lengths together: little padding
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+def _score_all(scorer, encoded, tokens_per_pass, max_length, pad_id, device, rank, world, log) -> torch.Tensor:
+    # longest first, similar lengths together (little padding), each batch within the training's pass budget
+    batches = passes(encoded, np.arange(len(encoded)), max_length, tokens_per_pass)
     mine = batches[rank::world]
     values = torch.zeros(len(encoded), dtype=torch.float64)
     start = last = time.monotonic()

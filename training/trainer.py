@@ -217,8 +217,8 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     else:
         reference, cached = reference_logps(
             scorer, encoded, key=key, cache_dir=cache_dir(snapshot) if config.cache_reference else None,
-            batch_size=2 * config.micro_batch_size, max_length=config.max_length, pad_id=tokenizer.pad_token_id,
-            device=device, rank=processes.rank, world=processes.world, log=say)
+            tokens_per_pass=config.pass_tokens(device.type), max_length=config.max_length,
+            pad_id=tokenizer.pad_token_id, device=device, rank=processes.rank, world=processes.world, log=say)
 
     optimizer = torch.optim.AdamW(scorer.trainable_parameters(), lr=config.learning_rate,
                                   betas=config.adam_betas, weight_decay=config.weight_decay)
