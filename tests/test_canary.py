@@ -67,8 +67,8 @@ def test_nightly_looks_keep_the_false_promotion_rate_under_the_level(margin, can
 def test_a_fixed_interval_read_every_night_would_promote_on_noise():
     """Why the sequence: the same equal arms, a plain 95% normal interval looked at nightly for 14 nights."""
     rng = np.random.default_rng(1)
-    n = rng.poisson(400, size=(4000, 14)).cumsum(1)
-    up_c, up_p = rng.binomial(n, 0.4), rng.binomial(4 * n, 0.4)  # cumulative, canary a fifth of the votes
+    new = rng.poisson(400, size=(4000, 14))  # each day's canary votes; production has 4x as many
+    n, up_c, up_p = new.cumsum(1), rng.binomial(new, 0.4).cumsum(1), rng.binomial(4 * new, 0.4).cumsum(1)
     diff = up_c / n - up_p / (4 * n)
     half = 1.96 * np.sqrt(0.24 / n + 0.24 / (4 * n))
     naive = np.mean(((diff - half) > 0).any(1))  # promoted on some night though the arms are equal
