@@ -101,3 +101,45 @@ def test_assignment_is_per_user_salted_and_shares_as_asked():
     assert position("user-0", "canary-7") == int.from_bytes(digest[:8], "big") / 2 ** 64
     with pytest.raises(ValueError, match="within"):
         assign("u", "s", 1.5)
+
+
+def test_the_window_counts_each_users_latest_vote_on_the_arm_they_are_assigned_to():
+    from datetime import datetime, timedelta, timezone
+
+    import pyarrow as pa
+
+    from deploy.canary import window_votes
+    from ingest.schema import FEEDBACK_SCHEMA
+
+    salt, share, start = "canary-1", 0.5, datetime(2026, 12, 1, tzinfo=timezone.utc)
+    users = [f"u{i}" for i in range(40)]
+    on = {arm: [u for u in users if assign(u, salt, share) == arm] for arm in (CANARY, PRODUCTION)}
+    model = {CANARY: "thumbs-v4", PRODUCTION: "thumbs-v3"}
+    rows, expected = [], {CANARY: [0, 0], PRODUCTION: [0, 0]}
+
+    def vote(user, arm_model, up, hours, prompt="How do I boil an egg?", answer="Simmer it for 9 minutes."):
+        rows.append({"event_id": f"e{len(rows)}", "timestamp": start + timedelta(hours=hours), "user_id": user,
+                     "model_version": arm_model, "prompt": [{"role": "user", "content": prompt}],
+                     "completion": answer, "desirable": up})
+
+    for arm in (CANARY, PRODUCTION):
+        for k, user in enumerate(on[arm][:8]):
+            up = k % 3 != 0
+            vote(user, model[arm], up, hours=k)
+            expected[arm][0 if up else 1] += 1
+    changed = on[CANARY][0]  # voted down at hour 0 (k = 0), then up on the same answer: one up vote
+    vote(changed, model[CANARY], True, hours=30)
+    expected[CANARY] = [expected[CANARY][0] + 1, expected[CANARY][1] - 1]
+    vote(on[CANARY][1], model[CANARY], False, hours=-5)  # before the canary started: not in the window
+    vote(on[PRODUCTION][0], model[CANARY], False, hours=2)  # a production user answered by the canary
+    vote(None, model[PRODUCTION], True, hours=3)  # no user id: production served it, no randomised vote
+    vote(on[CANARY][2], "thumbs-v2", True, hours=4)  # another model
+    vote(on[CANARY][3], model[CANARY], True, hours=5, answer="Another answer.")  # another answer: counts
+    expected[CANARY][0] += 1
+
+    table = pa.Table.from_pylist(rows, schema=pa.schema([FEEDBACK_SCHEMA.field(n) for n in rows[0]]))
+    window = window_votes(table, model[PRODUCTION], model[CANARY], salt, share, since=start)
+    assert (window.canary.up, window.canary.down) == tuple(expected[CANARY])
+    assert (window.production.up, window.production.down) == tuple(expected[PRODUCTION])
+    assert window.left_out == {"no user id": 1, "another model": 1, "user not assigned to the arm that answered": 1,
+                               "earlier vote on the same answer": 1}
