@@ -497,3 +497,21 @@ def test_otlp_any_value_is_read_back_as_written(value):
     from ingest.intake.formats.otlp import value_of
 
     assert value_of(any_value(value)) == value
+
+
+def test_generations_waited_for_past_the_bound_are_settled_without_their_span_and_nothing_is_lost(tmp_path,
+                                                                                                 monkeypatch):
+    """At most AWAITING_GENERATIONS calls wait for their spans (memory stays bounded when spans never come):
+    past it the oldest is stored and its ratings become events as they are, without the span's model and user."""
+    from ingest.intake.formats import batch
+
+    monkeypatch.setattr(batch, "AWAITING_GENERATIONS", 2)
+    records, spans = [], []
+    for i, (messages, chosen, _) in enumerate(hh(4)):
+        records += _v2_call(i, None, messages, chosen) + [rating(i, True)]
+        spans.append(_v2_span(i, user=f"u-{i}"))
+    write_jsonl(tmp_path / "calls.jsonl", [logs_line(records), spans_line(spans)])
+    summary = ingest([tmp_path / "calls.jsonl"], tmp_path / "lake", config("otel-genai"), progress=False).to_dict()
+    assert (summary["accepted"], summary["quarantined_total"], summary["unrated"]) == (4, 0, 0)
+    models = sorted((r["model_version"] or "") for r in lake_rows(tmp_path / "lake"))
+    assert models == ["", "", SNAPSHOT, SNAPSHOT]  # the first two waited past the bound; the last two got their span
