@@ -20,6 +20,9 @@ REGISTRY_HELP = "Registry folder or fsspec URL (s3://bucket/registry, memory://.
 registry_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect the adapter registry.")
 
 
+REJECTED = 3  # `thumbs promote`'s exit code when the candidate failed its checks (1: free space, 2: the command)
+
+
 def _fail(err: Exception) -> None:
     from common.faults import DiskFull
 
@@ -87,6 +90,8 @@ def promote_command(
         _fail(err)
     if json_out:
         typer.echo(json.dumps(record, indent=2))
+    if not (record["promote"] or record.get("forced")):
+        raise typer.Exit(REJECTED)  # registered, not production: a script or scheduler can tell
 
 
 def rollback_command(

@@ -359,7 +359,8 @@ def test_a_missing_or_torn_aliases_file_is_an_error_with_its_repair_not_a_new_re
     assert Registry(registry).aliases()["production"] == "v0002"
     kept = list((registry / "default").glob("aliases.json.damaged-*"))
     assert [p.read_text() for p in kept] == ([] if ALIASES_DAMAGE[case] is None else [ALIASES_DAMAGE[case]])
-    thumbs("promote", "--adapter", world["candidate"], "--registry", registry)  # it was judged against v0002
+    decided = CliRunner().invoke(app, ["promote", "--adapter", str(world["candidate"]), "--registry", str(registry)])
+    assert decided.exit_code == 3 and "rejected (registered, not live)" in decided.output  # judged against v0002
 
 
 def test_set_production_refuses_a_damaged_version_and_none_repairs_a_registry_with_no_production(registry):

@@ -109,8 +109,10 @@ def test_promote_reject_rollback_and_list_through_the_cli(adapters, style_snapsh
 
     def evaluate_and_promote(adapter: Path):
         thumbs("evaluate", "--adapter", adapter, "--snapshot", style_snapshot, "--registry", registry, *EVAL_FLAGS)
-        return json.loads(thumbs("promote", "--adapter", adapter, "--registry", registry, "--policy", policy,
-                                 "--json").stdout)
+        done = thumbs("promote", "--adapter", adapter, "--registry", registry, "--policy", policy, "--json", ok=False)
+        record = json.loads(done.stdout)
+        assert done.exit_code == (0 if record["promote"] else 3), done.output  # 3: rejected, documented
+        return record
 
     first = evaluate_and_promote(untrained)
     assert first["version"] == "v0001" and first["promote"] is False
