@@ -59,6 +59,28 @@ def bootstrap_interval(metric: Callable[[np.ndarray, np.ndarray], float], scores
     return float(low), float(high)
 
 
+def paired_bootstrap_difference(metric: Callable[[np.ndarray, np.ndarray], float], scores: np.ndarray,
+                                other: np.ndarray, desirable: np.ndarray, *, resamples: int = 1000,
+                                level: float = 0.95, seed: int = 0) -> tuple:
+    """(low, high) percentile interval of metric(scores) − metric(other), where both score the same rows (a
+    candidate and production on one eval split): each stratified resample takes the same rows for both, so what
+    the two share (which examples are hard) cancels and the interval is that of the difference, far narrower
+    than the two intervals side by side when the models agree on most rows."""
+    scores, other = np.asarray(scores, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    desirable = np.asarray(desirable, dtype=bool)
+    if scores.shape != other.shape or scores.shape != desirable.shape:
+        raise ValueError(f"paired scores must be of the same rows: {scores.shape}, {other.shape}, {desirable.shape}")
+    rng = np.random.default_rng(seed)
+    d, u = np.flatnonzero(desirable), np.flatnonzero(~desirable)
+    values = np.empty(resamples)
+    for k in range(resamples):
+        idx = np.concatenate([rng.choice(d, len(d)), rng.choice(u, len(u))])
+        values[k] = metric(scores[idx], desirable[idx]) - metric(other[idx], desirable[idx])
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def preference_metrics(rewards: np.ndarray, desirable: np.ndarray, *, resamples: int = 1000,
                        seed: int = 0) -> dict:
     """AUC and accuracy at 0 with 95% intervals, and each class's mean reward."""

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.metrics import accuracy_at_zero, bootstrap_interval, preference_metrics, roc_auc
+from evaluation.metrics import (accuracy_at_zero, bootstrap_interval, paired_bootstrap_difference,
+                                preference_metrics, roc_auc)
 from evaluation.promotion import DEFAULT_POLICY, PromotionPolicy, decide_promotion
 from evaluation.suites import EXAMPLE_SUITE, SuiteError, load_suite, score_suite
 
@@ -35,6 +36,26 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_estimate():
     assert (low, high) == bootstrap_interval(roc_auc, scores, desirable, resamples=300, seed=3)
     m = preference_metrics(scores, desirable, resamples=100)
     assert m["n_desirable"] == 40 and m["reward_desirable"] > m["reward_undesirable"]
+
+
+def test_paired_bootstrap_of_a_difference():
+    """Same rows for both in every resample: identical scorers differ by exactly 0; a scorer that agrees with
+    another on most rows gets a difference interval far narrower than the two intervals side by side."""
+    rng = np.random.default_rng(0)
+    desirable = np.r_[np.ones(40, bool), np.zeros(40, bool)]
+    production = rng.normal(size=80) + 0.8 * desirable  # AUC ~0.7 on 80 eval examples
+    assert paired_bootstrap_difference(roc_auc, production, production, desirable, resamples=200) == (0.0, 0.0)
+    assert paired_bootstrap_difference(roc_auc, production + 3.0, production, desirable, resamples=200) == (0.0, 0.0)
+    candidate = production + 0.15 * desirable + 0.05 * rng.normal(size=80)  # a little better on the same rows
+    low, high = paired_bootstrap_difference(roc_auc, candidate, production, desirable, resamples=500, seed=1)
+    estimate = roc_auc(candidate, desirable) - roc_auc(production, desirable)
+    assert low < estimate < high and low > 0  # better, and the pairing can tell
+    apart = [bootstrap_interval(roc_auc, x, desirable, resamples=500, seed=1) for x in (candidate, production)]
+    assert high - low < 0.25 * min(h - lo for lo, h in apart)  # the intervals side by side overlap widely
+    assert apart[0][0] < apart[1][1]  # ... so, unpaired, they could not tell
+    assert (low, high) == paired_bootstrap_difference(roc_auc, candidate, production, desirable, resamples=500, seed=1)
+    with pytest.raises(ValueError, match="same rows"):
+        paired_bootstrap_difference(roc_auc, candidate[:-1], production, desirable)
 
 
 def test_suites_match_exactly_or_by_pattern(tmp_path):
