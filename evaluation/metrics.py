@@ -11,7 +11,7 @@ holds both classes) and are percentile intervals.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -48,15 +48,8 @@ def bootstrap_interval(metric: Callable[[np.ndarray, np.ndarray], float], scores
                        seed: int = 0) -> tuple:
     """(low, high) percentile interval of `metric` over stratified resamples of the rows."""
     scores, desirable = np.asarray(scores, dtype=np.float64), np.asarray(desirable, dtype=bool)
-    rng = np.random.default_rng(seed)
-    d, u = np.flatnonzero(desirable), np.flatnonzero(~desirable)
-    values = np.empty(resamples)
-    for k in range(resamples):
-        idx = np.concatenate([rng.choice(d, len(d)), rng.choice(u, len(u))])
-        values[k] = metric(scores[idx], desirable[idx])
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+    values = [metric(scores[idx], desirable[idx]) for idx in _stratified(desirable, resamples, seed)]
+    return _percentile_interval(values, level)
 
 
 def paired_bootstrap_difference(metric: Callable[[np.ndarray, np.ndarray], float], scores: np.ndarray,
@@ -70,12 +63,20 @@ def paired_bootstrap_difference(metric: Callable[[np.ndarray, np.ndarray], float
     desirable = np.asarray(desirable, dtype=bool)
     if scores.shape != other.shape or scores.shape != desirable.shape:
         raise ValueError(f"paired scores must be of the same rows: {scores.shape}, {other.shape}, {desirable.shape}")
+    values = [metric(scores[idx], desirable[idx]) - metric(other[idx], desirable[idx])
+              for idx in _stratified(desirable, resamples, seed)]
+    return _percentile_interval(values, level)
+
+
+def _stratified(desirable: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Row indices of each resample: each class drawn with replacement on its own, so every one holds both."""
     rng = np.random.default_rng(seed)
     d, u = np.flatnonzero(desirable), np.flatnonzero(~desirable)
-    values = np.empty(resamples)
-    for k in range(resamples):
-        idx = np.concatenate([rng.choice(d, len(d)), rng.choice(u, len(u))])
-        values[k] = metric(scores[idx], desirable[idx]) - metric(other[idx], desirable[idx])
+    for _ in range(resamples):
+        yield np.concatenate([rng.choice(d, len(d)), rng.choice(u, len(u))])
+
+
+def _percentile_interval(values, level: float) -> tuple:
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
