@@ -90,12 +90,22 @@ def variance(up, votes):
     return p * (1.0 - p) / np.asarray(votes, dtype=float)
 
 
+def verdicts(up_p, n_p, up_c, n_c, policy: CanaryPolicy) -> tuple:
+    """The decision rule on each arm's up votes and votes, scalars or arrays (a night per cell):
+    (difference, low, high, rollback, promote). Rollback: the interval is below 0; promote: not rollback and its
+    low end above -margin; neither before both arms hold `min_votes` votes."""
+    n_p, n_c = np.maximum(n_p, 1), np.maximum(n_c, 1)  # an empty arm is not ready; its rate is never read
+    diff = np.asarray(up_c) / n_c - np.asarray(up_p) / n_p
+    r = radius(variance(up_p, n_p) + variance(up_c, n_c), policy.confidence, policy.mixture_scale)
+    ready = np.minimum(n_c, n_p) >= policy.min_votes
+    rollback = ready & (diff + r < 0)
+    return diff, diff - r, diff + r, rollback, ready & ~rollback & (diff - r > -policy.margin)
+
+
 def interval(production: Arm, canary: Arm, policy: CanaryPolicy) -> tuple[float, float, float]:
     """(difference, low, high) of canary minus production thumbs-up rates; both arms need votes."""
-    diff = canary.rate - production.rate
-    r = float(radius(variance(production.up, production.votes) + variance(canary.up, canary.votes),
-                     policy.confidence, policy.mixture_scale))
-    return diff, diff - r, diff + r
+    diff, low, high, _, _ = verdicts(production.up, production.votes, canary.up, canary.votes, policy)
+    return float(diff), float(low), float(high)
 
 
 def decide_canary(production: Arm, canary: Arm, days: float, policy: CanaryPolicy) -> CanaryDecision:
@@ -110,13 +120,14 @@ def decide_canary(production: Arm, canary: Arm, days: float, policy: CanaryPolic
         if days >= policy.max_days:
             return done("reject", f"no decision after {days:g} days: {waiting}; the canary is withdrawn")
         return done("continue", f"collecting: {waiting}")
-    diff, low, high = interval(production, canary, policy)
+    diff, low, high, rollback, promote = (float(v) for v in verdicts(
+        production.up, production.votes, canary.up, canary.votes, policy))
     rates = (f"thumbs-up {canary.rate:.1%} (canary, {canary.votes:,} votes) vs {production.rate:.1%} (production, "
              f"{production.votes:,}): difference {100 * diff:+.1f} points, {policy.confidence:.0%} always-valid "
              f"interval [{100 * low:+.1f}, {100 * high:+.1f}]")
-    if high < 0:
+    if rollback:
         return done("rollback", f"users like the canary less: {rates}", diff, low, high)
-    if low > -policy.margin:
+    if promote:
         return done("promote", f"the canary is not worse by more than {100 * policy.margin:g} points: {rates}",
                     diff, low, high)
     if days >= policy.max_days:
@@ -142,12 +153,7 @@ def simulate(production_rate: float, canary_rate: float, votes_per_day: float, s
     new_p = rng.poisson(votes_per_day * (1 - share), size=(runs, days))
     n_c, n_p = new_c.cumsum(1), new_p.cumsum(1)
     up_c, up_p = rng.binomial(new_c, canary_rate).cumsum(1), rng.binomial(new_p, production_rate).cumsum(1)
-    ready = np.minimum(n_c, n_p) >= policy.min_votes
-    safe_c, safe_p = np.maximum(n_c, 1), np.maximum(n_p, 1)
-    diff = up_c / safe_c - up_p / safe_p
-    r = radius(variance(up_p, safe_p) + variance(up_c, safe_c), policy.confidence, policy.mixture_scale)
-    rollback = ready & (diff + r < 0)
-    promote = ready & ~rollback & (diff - r > -policy.margin)
+    _, _, _, rollback, promote = verdicts(up_p, n_p, up_c, n_c, policy)
     decided = rollback | promote
     first = np.where(decided.any(1), decided.argmax(1), days - 1)  # the night of the decision (or the last)
     ends = np.where(decided.any(1), np.where(rollback[rows, first], "rollback", "promote"), "reject")
