@@ -7,9 +7,10 @@ Keys: NFC (`nfc_normalize`), whitespace runs folded to one space (RE2 `\\s+`, as
 ends trimmed of Unicode whitespace (a regex class matching Arrow's `utf8_trim_whitespace`). Then the
 same stages as `ingest.curate.rules.resolve`: first row per event_id, latest vote per (example, user),
 majority with ties dropped, the empty / too-long filters, and the train/eval split by a hash of the
-prompt key. DuckDB has no function computing thumbs' split hash (a polynomial over the UTF-8 bytes
-with a splitmix64 finaliser, `ingest.curate.keys.stable_hash`), so that one step is a vectorised Python UDF
-over Arrow arrays calling `ingest.curate.keys.unit_interval`; everything else is native SQL. One difference
+prompt key (at least `eval_examples` of the lowest draws held out). DuckDB has no function computing
+thumbs' split hash (a polynomial over the UTF-8 bytes with a splitmix64 finaliser,
+`ingest.curate.keys.stable_hash`), so that one step is a vectorised Python UDF over Arrow arrays calling
+`ingest.curate.keys.unit_interval`; everything else is native SQL. One difference
 by design: thumbs drops re-delivered event ids per hash bucket of the example, this query over the
 whole lake (the same for re-deliveries, which repeat the example).
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from ingest.curate.rules import _SPLIT_SALT, CurateConfig
+from ingest.curate.rules import _SPLIT_SALT, MAX_EVAL_SHARE, CurateConfig
 from ingest.curate.keys import unit_interval
 
 _WS = r"[\s\x{0B}\x{1C}-\x{1F}\x{85}\p{Z}]"
@@ -43,8 +44,12 @@ labelled AS (SELECT *, n - up AS down, up * 2 <> n AS keep, up * 2 > n AS label,
                     coalesce(list_sum(list_transform(prompt, lambda m: length(m.content))), 0) > $max_prompt
                       OR length(completion) > $max_completion AS too_long
              FROM per_example WHERE rn = 1),
-final AS (SELECT *, keep AND NOT empty AND NOT too_long AS kept,
-                 thumbs_unit(pkey || $salt) < $eval_fraction AS is_eval FROM labelled)
+drawn AS (SELECT *, keep AND NOT empty AND NOT too_long AS kept, thumbs_unit(pkey || $salt) AS draw FROM labelled),
+-- the holdout: eval_fraction, raised to the k-th lowest draw of the kept examples (rules.eval_cut)
+cut AS (SELECT coalesce(max(draw), -1) AS kth FROM (
+          SELECT draw FROM drawn WHERE kept ORDER BY draw
+          LIMIT least($eval_examples, floor((SELECT count(*) FILTER (kept) FROM drawn) * $max_share)::BIGINT))),
+final AS (SELECT drawn.*, draw < $eval_fraction OR draw <= cut.kth AS is_eval FROM drawn, cut)
 SELECT (SELECT count(*) FROM raw) AS events_in, (SELECT count(*) FROM dedup) AS deduped,
        (SELECT count(*) FROM latest) AS votes, count(*) AS examples,
        count(*) FILTER (up > 0 AND down > 0) AS examples_with_conflicting_votes,
@@ -73,6 +78,7 @@ def duckdb_counts(files: list[str], config: CurateConfig, threads: int | None = 
                 f"'^{_WS}+|{_WS}+$', '', 'g')")
     con.create_function("thumbs_unit", _thumbs_unit, ["VARCHAR"], "DOUBLE", type="arrow")
     row = con.execute(_QUERY, {"files": files, "salt": _SPLIT_SALT, "eval_fraction": config.eval_fraction,
+                               "eval_examples": config.eval_examples, "max_share": MAX_EVAL_SHARE,
                                "max_prompt": config.max_prompt_chars,
                                "max_completion": config.max_completion_chars}).fetchone()
     names = [d[0] for d in con.description]

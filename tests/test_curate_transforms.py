@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
@@ -96,6 +97,48 @@ def test_split_keeps_every_prompt_on_one_side():
     assert train.num_rows + eval_.num_rows == 400
 
 
+def test_the_holdout_is_sized_by_examples_nested_and_capped_at_a_quarter():
+    """400 examples over 200 prompts: 5% of the prompts would hold out ~20; `eval_examples` raises it to whole
+    prompts of the lowest draws, a larger holdout contains a smaller one, and none takes over a quarter."""
+    many = rows(*[(f"e{i}", f"u{i}", f"prompt {i % 200}", f"answer {i}", i % 3 == 0, i) for i in range(400)])
+    keyed = add_keys(many, 8)
+
+    def held_out(**config):
+        _, eval_, counts = resolve(keyed, CurateConfig(eval_fraction=0.05, **config))
+        assert counts["eval"] == eval_.num_rows and counts["train"] + counts["eval"] == 400
+        return {r["event_id"] for r in eval_.to_pylist()}
+
+    by_fraction, fifty, eighty, capped = (held_out(eval_examples=0), held_out(eval_examples=50),
+                                          held_out(eval_examples=80), held_out(eval_examples=10_000))
+    assert len(by_fraction) < 50 <= len(fifty) <= 51 and 80 <= len(eighty) <= 81  # prompts hold 2 examples each
+    assert by_fraction <= fifty <= eighty <= capped and 100 <= len(capped) <= 101  # a quarter of 400
+    assert held_out(eval_examples=10) == by_fraction  # the fraction already holds more
+
+
+def test_beam_curation_holds_out_what_the_whole_window_resolved_at_once_does(tmp_path):
+    """The cut is the window's, not a bucket's: ingested and curated in 8 buckets, the same examples are held out
+    as when the window's rows are resolved at once."""
+    import json
+
+    from ingest.curate.pipeline import curate
+    from ingest.curate.snapshot import EVAL, read_split
+    from ingest.intake.job import IngestConfig, ingest
+
+    events = [{"event_id": f"e{i}", "timestamp": "2026-11-20T03:00:00Z", "user_id": f"u{i}",
+               "prompt": f"prompt {i % 150}", "completion": f"answer {i}", "label": "up" if i % 3 == 0 else "down"}
+              for i in range(300)]
+    source = tmp_path / "feedback.jsonl"
+    source.write_text("".join(json.dumps(e) + "\n" for e in events))
+    ingest([source], tmp_path / "lake", IngestConfig(format="events", insecure_dev_key=True), progress=False)
+    config = CurateConfig(eval_fraction=0.05, eval_examples=60, n_buckets=8)
+    stats = curate(tmp_path / "lake", tmp_path / "snapshots", config=config)
+    held_out = {r["completion"] for r in read_split(Path(stats["path"]), EVAL)}
+    whole = rows(*[(e["event_id"], e["user_id"], e["prompt"], e["completion"], e["label"] == "up", 0) for e in events])
+    _, expected, _ = resolve(add_keys(whole, 8), config)
+    assert held_out == set(expected.column("completion").to_pylist()) and 60 <= len(held_out) <= 61
+    assert stats["counts"]["eval"] == len(held_out)
+
+
 def test_key_by_bucket_puts_every_row_of_an_example_in_one_bucket():
     with TestPipeline(options=pipeline_options([])) as p:
         out = (p | beam.Create([VOTES.slice(0, 5), VOTES.slice(5)])
@@ -109,14 +152,14 @@ def test_key_by_bucket_puts_every_row_of_an_example_in_one_bucket():
 
 
 def test_resolve_votes_transform_gives_exact_rows_and_counts():
-    config = CurateConfig(eval_fraction=0.0, max_completion_chars=40)
+    config = CurateConfig(eval_fraction=0.0, eval_examples=0, max_completion_chars=40)
     with TestPipeline(options=pipeline_options([])) as p:
         keyed = p | beam.Create([VOTES.slice(0, 6), VOTES.slice(6)]) | KeyByBucket(3)
         resolved = keyed | ResolveVotes(config)
-        train = resolved.train | beam.FlatMap(lambda t: list(labels(t).items()))
+        train = resolved["train"] | beam.FlatMap(lambda t: list(labels(t).items()))
         assert_that(train, equal_to([(("Q1", "A1"), (True, 2, 1)), (("Q3", "A3"), (False, 0, 2))]), label="train")
-        assert_that(resolved.eval, equal_to([]), label="eval")
-        totals = (resolved.counts | beam.FlatMap(lambda c: c.items()) | beam.CombinePerKey(sum)
+        assert_that(resolved["eval"], equal_to([]), label="eval")
+        totals = (resolved["counts"] | beam.FlatMap(lambda c: c.items()) | beam.CombinePerKey(sum)
                   | beam.Filter(lambda kv: kv[0] in ("examples", "dropped_tie", "removed_duplicate_event_id")))
         assert_that(totals, equal_to([("examples", 5), ("dropped_tie", 1), ("removed_duplicate_event_id", 1)]),
                     label="counts")
@@ -129,6 +172,6 @@ def test_multi_threading_is_refused():
 
 def test_a_prompt_of_blank_messages_is_dropped_as_empty():
     blank = rows(("e1", "u1", " \n ", "an answer", True, 0), ("e2", "u2", "Q", "an answer", True, 0))
-    train, _, counts = resolve(add_keys(blank, 2), CurateConfig(eval_fraction=0.0))
+    train, _, counts = resolve(add_keys(blank, 2), CurateConfig(eval_fraction=0.0, eval_examples=0))
     assert counts["dropped_empty"] == 1
     assert [r["prompt"][0]["content"] for r in train.to_pylist()] == ["Q"]

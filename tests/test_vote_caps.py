@@ -23,7 +23,7 @@ def test_user_share_cap_thins_the_heavy_account_to_its_share():
                                     table.column("desirable").combine_chunks(), 0.05)
     assert set(fractions) == {"mallory"}  # 45 thumbs-up, cap 2.25 of them: honest users (1 each) are untouched
     assert fractions["mallory"] == pytest.approx((1.0, 2.25 / 40))  # (thumbs-down kept, thumbs-up kept)
-    capped = CurateConfig(eval_fraction=0.0, max_user_share=0.05)
+    capped = CurateConfig(eval_fraction=0.0, eval_examples=0, max_user_share=0.05)
     train, _, counts = resolve(add_keys(table, 1), capped, fractions)
     kept_spam = sum(c.startswith("rude") for c in train.column("completion").to_pylist())
     assert 0 <= kept_spam <= 8 and counts["dropped_user_cap"] == 40 - kept_spam
@@ -56,11 +56,11 @@ def _buckets(table: pa.Table):
 
 def test_defaults_keep_everything_and_the_example_cap_keeps_the_latest_votes():
     table = _poisoned()
-    train, _, counts = resolve(add_keys(table, 1), CurateConfig(eval_fraction=0.0))
+    train, _, counts = resolve(add_keys(table, 1), CurateConfig(eval_fraction=0.0, eval_examples=0))
     assert train.num_rows == 50 and counts["dropped_user_cap"] == counts["dropped_example_cap"] == 0
     # One answer, 5 votes: 3 early downs then 2 late ups; with a cap of 2 only the ups count.
     brigade = rows(*[(f"b{i}", f"u{i}", "Q", "A", i >= 3, i) for i in range(5)])
-    train, _, counts = resolve(add_keys(brigade, 1), CurateConfig(eval_fraction=0.0, max_example_votes=2))
+    train, _, counts = resolve(add_keys(brigade, 1), CurateConfig(eval_fraction=0.0, eval_examples=0, max_example_votes=2))
     assert counts["dropped_example_cap"] == 3
     assert train.column("votes_up").to_pylist() == [2] and train.column("votes_down").to_pylist() == [0]
     assert train.column("desirable").to_pylist() == [True]

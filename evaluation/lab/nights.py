@@ -156,7 +156,7 @@ def run_variant(variant: Variant, seed: int, base: Path, work: Path, nights: int
                          IngestConfig(insecure_dev_key=True), progress=False)
         if summary.failed:
             raise RuntimeError(f"ingest failed: {summary.failed}")
-        stats = curate(work / "lake", work / "snapshots", config=CurateConfig(eval_fraction=0.0, **variant.curate))
+        stats = curate(work / "lake", work / "snapshots", config=CurateConfig(eval_fraction=0.0, eval_examples=0, **variant.curate))
         snapshot, policy_base, out = Path(stats["path"]), base, work / "runs" / f"night-{night}"
         if variant.sft:
             sft_out = out.with_name(f"{out.name}-sft") if variant.sft == "then-kto" else out

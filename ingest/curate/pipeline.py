@@ -50,7 +50,8 @@ from ingest import remote
 from ingest.curate import snapshot as layout, store
 from ingest.curate.balance import class_weights
 from ingest.curate.manifest import check_stats
-from ingest.curate.rules import CURATED_SCHEMA, CurateConfig, add_keys, resolve, split_by_bucket, sum_counts
+from ingest.curate.rules import (CURATED_SCHEMA, CurateConfig, add_keys, eval_cut, lowest_draws, merge_lowest,
+                                 resolve_examples, split_at, split_by_bucket, sum_counts)
 from ingest.curate.vote_caps import user_caps
 from ingest.lake import FEEDBACK_DIR, committed
 from ingest.schema import FEEDBACK_SCHEMA
@@ -90,18 +91,28 @@ class _KeyByBucketFn(beam.DoFn):
 
 
 class ResolveVotes(beam.PTransform):
-    """(bucket, batch) pairs to curated train and eval batches, and a dict of counts per bucket."""
+    """(bucket, batch) pairs to {"train", "eval": curated batches, "counts": a dict of counts per bucket and split}.
+
+    The train/eval cut is the window's (`rules.eval_cut`: at least `eval_examples` held out), so each bucket's
+    curated examples wait for it: every bucket sends its count and lowest split draws to one combine, whose
+    single value the split reads as a side input."""
 
     def __init__(self, config: CurateConfig, user_keep: dict | None = None):
         super().__init__()
         self.config, self.user_keep = config, user_keep or {}
 
     def expand(self, keyed):
-        # Three tagged outputs, each read by exactly one consumer (a sink or the counts' combine):
+        # Every tagged output is read by exactly one consumer (a sink, a combine, the split or the counts' flatten):
         # nothing is broadcast, so portable runners route it as written (tests/test_curate_runners.py).
-        return (keyed
-                | "GroupBuckets" >> beam.GroupByKey()
-                | "Resolve" >> beam.ParDo(_ResolveFn(self.config, self.user_keep)).with_outputs("eval", "counts", main="train"))
+        resolved = (keyed
+                    | "GroupBuckets" >> beam.GroupByKey()
+                    | "Resolve" >> beam.ParDo(_ResolveFn(self.config, self.user_keep)).with_outputs(
+                        "draws", "counts", main="curated"))
+        cut = resolved.draws | "EvalCut" >> beam.CombineGlobally(_EvalCut(self.config))
+        parts = resolved.curated | "Split" >> beam.ParDo(_SplitFn(), beam.pvalue.AsSingleton(cut)).with_outputs(
+            "eval", "counts", main="train")
+        counts = (resolved.counts, parts.counts) | "AllCounts" >> beam.Flatten()
+        return {"train": parts.train, "eval": parts.eval, "counts": counts}
 
 
 class _ResolveFn(beam.DoFn):
@@ -113,8 +124,37 @@ class _ResolveFn(beam.DoFn):
         import pyarrow as pa
 
         _, batches = element
-        train, eval_, counts = resolve(pa.concat_tables(list(batches)), self.config, self.user_keep)
+        curated, counts = resolve_examples(pa.concat_tables(list(batches)), self.config, self.user_keep)
         self.examples.inc(counts["examples"])
+        if curated.num_rows:
+            yield curated
+        yield beam.pvalue.TaggedOutput("draws", (curated.num_rows, lowest_draws(curated, self.config)))
+        yield beam.pvalue.TaggedOutput("counts", counts)
+
+
+class _EvalCut(beam.CombineFn):
+    """Buckets' (examples, lowest draws) to the window's train/eval cut."""
+
+    def __init__(self, config: CurateConfig):
+        self.config = config
+
+    def create_accumulator(self):
+        return merge_lowest([], self.config)
+
+    def add_input(self, accumulator, element):
+        return merge_lowest([accumulator, element], self.config)
+
+    def merge_accumulators(self, accumulators):
+        return merge_lowest(accumulators, self.config)
+
+    def extract_output(self, accumulator):
+        examples, lowest = accumulator
+        return eval_cut(lowest, examples, self.config)
+
+
+class _SplitFn(beam.DoFn):
+    def process(self, curated, cut):
+        train, eval_, counts = split_at(curated, cut)
         if train.num_rows:
             yield train
         if eval_.num_rows:
@@ -147,7 +187,7 @@ class Curate(beam.PTransform):
                     | "ResolveVotes" >> ResolveVotes(self.config, self.user_keep))
         for tag, split in (("train", layout.TRAIN), ("eval", layout.EVAL)):  # Beam's output tags, the folders
             _ = resolved[tag] | f"Write{tag.title()}" >> self.writer(str(layout.split_dir(self.out_dir, split) / "part"))
-        return (resolved.counts
+        return (resolved["counts"]
                 | "SumCounts" >> beam.CombineGlobally(sum_counts)
                 | "CountsJson" >> beam.Map(json.dumps)
                 | "WriteCounts" >> beam.io.WriteToText(os.path.join(self.out_dir, "counts"), shard_name_template=""))

@@ -24,6 +24,8 @@ POLICIES = ("majority", "drop-conflicts", "latest")
 CURATED_SCHEMA = FEEDBACK_SCHEMA.append(pa.field("votes_up", pa.int32(), nullable=False)).append(
     pa.field("votes_down", pa.int32(), nullable=False))
 _SPLIT_SALT = "\x1cthumbs-split-v1"
+SPLIT_DRAW = "_split"  # each curated example's prompt's draw in [0, 1): the lowest draws are held out
+MAX_EVAL_SHARE = 0.25  # `eval_examples` never holds out more than this share of a window's examples
 
 
 @config
@@ -33,6 +35,10 @@ class CurateConfig:
     (any disagreement dropped) or `latest` (the most recent vote wins)."""
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     """Share of prompts held out for evaluation, chosen by a hash of the prompt."""
+    eval_examples: int = Field(500, ge=0)
+    """At least this many examples are held out (whole prompts, those of the lowest hashes, so a larger holdout
+    contains a smaller one), never more than a quarter of the window's: a promotion gate needs a few hundred
+    eval examples to tell a 0.02 AUC difference, which 5% of a small window is not. 0: `eval_fraction` alone."""
     max_prompt_chars: int = Field(32_000, ge=1)
     """Examples whose prompt (all messages) is longer are dropped (too_long)."""
     max_completion_chars: int = Field(16_000, ge=1)
@@ -88,8 +94,17 @@ def _first_per_group(rows: pa.Table, keys: list[str], order: list[tuple[str, str
 
 
 def resolve(rows: pa.Table, config: CurateConfig, user_keep: dict | None = None) -> tuple[pa.Table, pa.Table, dict[str, int]]:
-    """Keyed rows of one bucket to (train, eval, counts by stage and reason). `user_keep`: the keep fractions
-    of the users over `config.max_user_share` (vote_caps.user_caps of the whole window; None keeps every vote)."""
+    """Keyed rows (all of a window, or all of one bucket with the window's cut) to (train, eval, counts by stage
+    and reason): `resolve_examples`, then `split` at the cut these rows' own draws give."""
+    curated, counts = resolve_examples(rows, config, user_keep)
+    train, eval_, split_counts = split_at(curated, eval_cut(lowest_draws(curated, config), curated.num_rows, config))
+    return train, eval_, counts | split_counts
+
+
+def resolve_examples(rows: pa.Table, config: CurateConfig, user_keep: dict | None = None) -> tuple[pa.Table, dict[str, int]]:
+    """Keyed rows of one bucket to its curated examples (with their split draw, `SPLIT_DRAW`) and counts by stage and
+    reason. `user_keep`: the keep fractions of the users over `config.max_user_share` (vote_caps.user_caps of the
+    whole window; None keeps every vote)."""
     counts = {"events_in": rows.num_rows}
     rows = _first_per_group(rows, ["event_id"], [("event_id", "ascending"), ("timestamp", "ascending"),
                                                  ("source", "ascending"), ("source_line", "ascending")])
@@ -132,9 +147,39 @@ def resolve(rows: pa.Table, config: CurateConfig, user_keep: dict | None = None)
     curated = examples.set_column(examples.schema.get_field_index("desirable"), "desirable", pa.array(label))
     curated = curated.append_column("votes_up", pa.array(n_up)).append_column("votes_down", pa.array(n_down))
     curated = curated.filter(pa.array(keep))
-    is_eval = unit_interval(pc.binary_join_element_wise(curated.column("_prompt"), _SPLIT_SALT, "")) \
-        < config.eval_fraction
-    train, eval_ = curated.filter(pa.array(~is_eval)), curated.filter(pa.array(is_eval))
+    draw = unit_interval(pc.binary_join_element_wise(curated.column("_prompt"), _SPLIT_SALT, ""))
+    return curated.append_column(SPLIT_DRAW, pa.array(draw, type=pa.float64())), counts
+
+
+def lowest_draws(curated: pa.Table, config: CurateConfig) -> np.ndarray:
+    """The `eval_examples` lowest split draws of these curated examples, sorted: what `eval_cut` needs of a bucket."""
+    draws = np.sort(curated.column(SPLIT_DRAW).to_numpy()) if curated.num_rows else np.zeros(0)
+    return draws[:config.eval_examples]
+
+
+def merge_lowest(parts, config: CurateConfig) -> tuple[int, np.ndarray]:
+    """(examples, lowest draws) of several buckets' to the window's: counts add, the lowest `eval_examples` stay."""
+    examples, draws = 0, []
+    for n, lowest in parts:
+        examples += n
+        draws.append(lowest)
+    return examples, (np.sort(np.concatenate(draws))[:config.eval_examples] if draws else np.zeros(0))
+
+
+def eval_cut(lowest: np.ndarray, examples: int, config: CurateConfig) -> float:
+    """The split's threshold: examples whose draw is below it are held out. `eval_fraction`, raised so that at least
+    `eval_examples` (at most `MAX_EVAL_SHARE` of `examples`) fall below it; `lowest`: the window's lowest draws."""
+    k = min(config.eval_examples, int(examples * MAX_EVAL_SHARE), len(lowest))
+    if k == 0:
+        return config.eval_fraction
+    return max(config.eval_fraction, float(np.nextafter(lowest[k - 1], 1.0)))  # the k-th lowest's prompt included
+
+
+def split_at(curated: pa.Table, cut: float) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """Curated examples to (train, eval, their counts): eval holds the examples whose split draw is below `cut`."""
+    is_eval = pc.less(curated.column(SPLIT_DRAW), cut)
+    train, eval_ = curated.filter(pc.invert(is_eval)), curated.filter(is_eval)
+    counts = {}
     for name, part in (("train", train), ("eval", eval_)):
         n_good = int(pc.sum(part.column("desirable")).as_py() or 0)
         counts[name] = part.num_rows
