@@ -46,7 +46,8 @@ class Flag:
 
 
 def flags_of(cls: type, prefix: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> Iterator[Flag]:
-    """One Flag per leaf field of `cls`, nested configs flattened."""
+    """One Flag per leaf field of `cls`, nested configs flattened; a nested class's `FLAG_PREFIX` (a ClassVar, e.g.
+    "canary-") starts its flags' names, where its fields would clash with its parent's (`--canary-confidence`)."""
     for name, info in config_fields(cls).items():
         if name in skip:
             continue
@@ -54,7 +55,8 @@ def flags_of(cls: type, prefix: tuple[str, ...] = (), skip: tuple[str, ...] = ()
             yield from flags_of(info.annotation, prefix + (name,))
             continue
         default = info.get_default(call_default_factory=True)
-        yield Flag(prefix + (name,), "--" + name.replace("_", "-"), info.annotation, _help(info.description), default)
+        yield Flag(prefix + (name,), "--" + getattr(cls, "FLAG_PREFIX", "") + name.replace("_", "-"), info.annotation,
+                   _help(info.description), default)
 
 
 def _help(description: Optional[str]) -> str:

@@ -23,28 +23,30 @@ A canary whose true rate trails production's by `margin` or more is promoted wit
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
+from pydantic import Field
+
+from common.configfile import config
 
 
-@dataclass(frozen=True)
+@config
 class CanaryPolicy:
-    margin: float = 0.02
-    """How much lower the canary's thumbs-up rate may be (2 points) and still replace production."""
-    confidence: float = 0.95
-    """Of the always-valid interval on the difference, over every nightly look."""
-    mixture_scale: float = 0.05
-    """τ of the normal mixture: the size of difference the test is tuned to find fastest (5 points)."""
-    min_votes: int = 200
-    """Votes an arm needs before any decision: the interval leans on a normal approximation."""
-    max_days: int = 14
-    """Days without a decision after which the canary is rejected (rolled back, production unchanged)."""
+    FLAG_PREFIX: ClassVar[str] = "canary-"  # its command-line flags: --canary-share, --canary-confidence, ...
 
-    def __post_init__(self):
-        if not 0 <= self.margin < 1 or not 0 < self.confidence < 1 or self.mixture_scale <= 0 \
-                or self.min_votes < 1 or self.max_days < 1:
-            raise ValueError(f"invalid canary policy: {self}")
+    share: float = Field(0.1, gt=0, lt=1)
+    """Share of the users (by a salted hash of their pseudonymous id, deploy/rollout.py) the canary serves."""
+    margin: float = Field(0.02, ge=0, lt=1)
+    """How much lower the canary's thumbs-up rate may be (2 points) and still replace production."""
+    confidence: float = Field(0.95, gt=0, lt=1)
+    """Of the always-valid interval on the difference, over every nightly look."""
+    mixture_scale: float = Field(0.05, gt=0)
+    """τ of the normal mixture: the size of difference the test is tuned to find fastest (5 points)."""
+    min_votes: int = Field(200, ge=1)
+    """Votes an arm needs before any decision: the interval leans on a normal approximation."""
+    max_days: int = Field(14, ge=1)
+    """Days without a decision after which the canary is rejected (rolled back, production unchanged)."""
 
 
 @dataclass(frozen=True)

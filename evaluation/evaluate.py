@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from evaluation import report, scoring
-from evaluation.metrics import preference_metrics
+from evaluation.metrics import paired_bootstrap_difference, preference_metrics, roc_auc
 from evaluation.suites import load_suite, score_suite
 from common.atomic import write_json_atomic
 from evaluation.config import EvalConfig
@@ -114,6 +114,7 @@ def evaluate(adapter: Path, snapshot: Path, *, incumbent: Optional[Path] = None,
             if name in adapters else None
     if result[INCUMBENT] is not None:
         result[INCUMBENT]["version"] = incumbent_version
+        result["paired"] = _paired(scores, metas, encoded.desirable, config)
     result["seconds"] = round(time.monotonic() - started, 2)
     _write(Path(out) if out else adapter, result, metrics_path=metrics_path(adapter), stats=stats)
     _say_summary(result, log)
@@ -165,6 +166,16 @@ def _adapter_result(name, adapters, metas, scores, encoded, lengths, suite_score
     }
 
 
+def _paired(scores: dict, metas: dict, desirable: np.ndarray, config: EvalConfig) -> dict:
+    """Candidate minus production on the same eval rows: the AUC difference and its paired bootstrap interval."""
+    rewards = {name: metas[name]["config"]["beta"] * (scores[name]["policy_logps"] - scores[name]["reference_logps"])
+               for name in (CANDIDATE, INCUMBENT)}
+    difference = roc_auc(rewards[CANDIDATE], desirable) - roc_auc(rewards[INCUMBENT], desirable)
+    interval = paired_bootstrap_difference(roc_auc, rewards[CANDIDATE], rewards[INCUMBENT], desirable,
+                                           resamples=config.resamples, seed=config.seed)
+    return {"auc_difference": difference, "auc_difference_ci95": interval}
+
+
 def _write(out: Path, result: dict, metrics_path: Path, stats: dict) -> None:
     """report.md and plots first, eval.json last (its presence means the evaluation is complete)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -188,4 +199,8 @@ def _say_summary(result: dict, log: Callable) -> None:
             f"[{p['auc_ci95'][0]:.3f}, {p['auc_ci95'][1]:.3f}], accuracy {p['accuracy']:.3f}, KL/token "
             f"{d['kl_per_token']:.4f}" + (f", sampled length x{length['sampled_ratio']:.2f} of the reference"
                                            if length and length['sampled_ratio'] else ""))
+    if result.get("paired"):
+        low, high = result["paired"]["auc_difference_ci95"]
+        log(f"evaluate: candidate − production, same eval rows: AUC {result['paired']['auc_difference']:+.3f} "
+            f"[{low:+.3f}, {high:+.3f}]")
     log(f"evaluate: done in {result['seconds']:,.1f}s")

@@ -43,29 +43,41 @@ def accuracy_at_zero(scores: np.ndarray, desirable: np.ndarray) -> float:
     return float(np.mean((scores > 0) == desirable))
 
 
+def bootstrap_values(metric: Callable[[np.ndarray, np.ndarray], float], scores: np.ndarray,
+                     desirable: np.ndarray, *, resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """`metric` on each of `resamples` stratified resamples of the rows (seeded)."""
+    scores, desirable = np.asarray(scores, dtype=np.float64), np.asarray(desirable, dtype=bool)
+    return np.array([metric(scores[idx], desirable[idx]) for idx in _stratified(desirable, resamples, seed)])
+
+
 def bootstrap_interval(metric: Callable[[np.ndarray, np.ndarray], float], scores: np.ndarray,
                        desirable: np.ndarray, *, resamples: int = 1000, level: float = 0.95,
                        seed: int = 0) -> tuple:
     """(low, high) percentile interval of `metric` over stratified resamples of the rows."""
-    scores, desirable = np.asarray(scores, dtype=np.float64), np.asarray(desirable, dtype=bool)
-    values = [metric(scores[idx], desirable[idx]) for idx in _stratified(desirable, resamples, seed)]
-    return _percentile_interval(values, level)
+    return _percentile_interval(bootstrap_values(metric, scores, desirable, resamples=resamples, seed=seed), level)
+
+
+def paired_bootstrap_values(metric: Callable[[np.ndarray, np.ndarray], float], scores: np.ndarray,
+                            other: np.ndarray, desirable: np.ndarray, *, resamples: int = 1000,
+                            seed: int = 0) -> np.ndarray:
+    """metric(scores) − metric(other) on each stratified resample, where both score the same rows (a candidate and
+    production on one eval split): each resample takes the same rows for both, so what the two share (which
+    examples are hard) cancels, and the spread is that of the difference: far narrower than the two intervals side
+    by side when the models agree on most rows."""
+    scores, other = np.asarray(scores, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    desirable = np.asarray(desirable, dtype=bool)
+    if scores.shape != other.shape or scores.shape != desirable.shape:
+        raise ValueError(f"paired scores must be of the same rows: {scores.shape}, {other.shape}, {desirable.shape}")
+    return np.array([metric(scores[idx], desirable[idx]) - metric(other[idx], desirable[idx])
+                     for idx in _stratified(desirable, resamples, seed)])
 
 
 def paired_bootstrap_difference(metric: Callable[[np.ndarray, np.ndarray], float], scores: np.ndarray,
                                 other: np.ndarray, desirable: np.ndarray, *, resamples: int = 1000,
                                 level: float = 0.95, seed: int = 0) -> tuple:
-    """(low, high) percentile interval of metric(scores) − metric(other), where both score the same rows (a
-    candidate and production on one eval split): each stratified resample takes the same rows for both, so what
-    the two share (which examples are hard) cancels and the interval is that of the difference, far narrower
-    than the two intervals side by side when the models agree on most rows."""
-    scores, other = np.asarray(scores, dtype=np.float64), np.asarray(other, dtype=np.float64)
-    desirable = np.asarray(desirable, dtype=bool)
-    if scores.shape != other.shape or scores.shape != desirable.shape:
-        raise ValueError(f"paired scores must be of the same rows: {scores.shape}, {other.shape}, {desirable.shape}")
-    values = [metric(scores[idx], desirable[idx]) - metric(other[idx], desirable[idx])
-              for idx in _stratified(desirable, resamples, seed)]
-    return _percentile_interval(values, level)
+    """(low, high) percentile interval of metric(scores) − metric(other) on the same rows (paired_bootstrap_values)."""
+    return _percentile_interval(paired_bootstrap_values(metric, scores, other, desirable, resamples=resamples,
+                                                        seed=seed), level)
 
 
 def _stratified(desirable: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:

@@ -46,6 +46,10 @@ def render(result: dict, stats: dict, plots: List[str]) -> str:
         ("sampled length / reference", lambda r: _ratio(r["drift"]["length"], "sampled")),
     ):
         rows.append((label, get(c), get(i) if i else "—"))
+    if result.get("paired"):
+        low, high = result["paired"]["auc_difference_ci95"]
+        rows.append(("AUC, candidate − production, same rows [95% CI]",
+                     f"{result['paired']['auc_difference']:+.3f} [{low:+.3f}, {high:+.3f}]", "—"))
     for suite in c["suites"]:
         ref = result["reference"]["suites"][suite]["accuracy"]
         rows.append((f"suite `{suite}` accuracy (base {ref:.2f})", f"{c['suites'][suite]['accuracy']:.2f}",

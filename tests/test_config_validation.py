@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from common.configfile import UNIONS, ConfigError, load_config
 from evaluation.evaluate import EvalConfig
+from evaluation.canary import CanaryPolicy
 from evaluation.promotion import PromotionPolicy
 from deploy.config import ExportConfig
 from flows.config import RunSettings, ThumbsConfig
@@ -36,7 +37,7 @@ from training.config import TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {TrainConfig: "training config", CurateConfig: "curate config", PromotionPolicy: "promotion policy",
            EvalConfig: "eval config", IngestConfig: "ingest config", RunSettings: "run settings",
-           ExportConfig: "export config", FormatOptions: "format options"}
+           ExportConfig: "export config", FormatOptions: "format options", CanaryPolicy: "canary policy"}
 REQUIRED = {RunSettings: {"base_model": "models/tiny"}}  # fields without a default
 COMPOSED = {ThumbsConfig}  # sections of the classes above, each checked there (tests/test_config_surfaces.py)
 FOREIGN = ("abc", 2.5, 7, True, [1], {"k": 1})  # one value of each YAML kind

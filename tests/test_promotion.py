@@ -84,8 +84,17 @@ def test_a_bad_suite_line_names_the_file_and_line(tmp_path, line, message):
     assert f"{path}:2" in str(err.value)
 
 
-def result(auc, kl=0.01, greedy=1.0, sampled=1.0, suites=None, version=None):
-    return {"preference": {"auc": auc}, "version": version,
+def rewards(auc, n=50):
+    """n thumbs-up and n thumbs-down implied rewards whose AUC is exactly `auc` (to 1/n²): the thumbs-down at
+    0..n-1, each thumbs-up just above c of them, the c's summing to auc·n²."""
+    total = round(auc * n * n)
+    above = np.full(n, total // n) + (np.arange(n) < total % n)
+    return {"desirable": (above - 0.5).tolist(), "undesirable": np.arange(n, dtype=float).tolist()}
+
+
+def result(auc=None, kl=0.01, greedy=1.0, sampled=1.0, suites=None, version=None, n=400, scores=None):
+    scores = scores if scores is not None else rewards(auc, n)
+    return {"rewards": scores, "version": version,
             "drift": {"kl_per_token": kl, "length": {"greedy_ratio": greedy, "sampled_ratio": sampled}},
             "suites": {name: {"accuracy": a} for name, a in (suites or {}).items()}}
 
@@ -94,20 +103,73 @@ def test_the_shipped_policy_loads_and_equals_the_dataclass_defaults():
     assert PromotionPolicy.load(DEFAULT_POLICY) == PromotionPolicy()
 
 
-def test_without_an_incumbent_the_floors_alone_decide():
-    policy = PromotionPolicy()
-    assert decide_promotion(result(0.70), None, policy).promote
+def test_the_reward_helper_hits_its_auc():
+    r = rewards(0.54)
+    assert roc_auc(r["desirable"] + r["undesirable"], [True] * 50 + [False] * 50) == 0.54
+
+
+def test_without_an_incumbent_the_floor_decides_with_its_confidence():
+    policy = PromotionPolicy()  # floor 0.55 at 95%
+    promoted = decide_promotion(result(0.70), None, policy)  # 400 + 400 eval examples
+    assert promoted.promote and promoted.incumbent is None
+    floor = promoted.checks[0]
+    assert floor.name == "auc floor" and floor.value == 0.7 and 0.55 <= floor.bound < 0.7 and floor.needed is None
+    assert floor.reason == f"preference AUC 0.700, 95% lower bound {floor.bound:.3f} ≥ floor 0.55"
     rejected = decide_promotion(result(0.54), None, policy)
     assert not rejected.promote and rejected.reasons == ["preference AUC 0.540 < floor 0.55"]
-    assert decide_promotion(result(0.70), None, policy).incumbent is None
 
 
-def test_the_candidate_may_trail_the_incumbent_by_the_margin_only():
+def test_too_few_eval_examples_is_its_own_reason_and_names_how_many_would_do():
+    """AUC 0.62 on 17 + 17 examples is above the floor, but its bootstrap reaches well below it; the count the
+    sentence names, made of the same rows repeated, clears it."""
+    policy = PromotionPolicy(min_auc=0.55)
+    few = rewards(0.62, n=17)
+    d = decide_promotion(result(scores=few), None, policy)
+    check = d.checks[0]
+    assert not d.promote and check.bound < 0.55 and check.needed > 34
+    assert d.reasons == [f"preference AUC 0.619, but 34 eval examples cannot show it above the floor 0.55 with 95% "
+                         f"confidence (lower bound {check.bound:.3f}); need ~{check.needed:,}"]
+    copies = -(-check.needed // 34)
+    more = {k: v * copies for k, v in few.items()}  # the same rows, as many as named: the same AUC, less spread
+    assert decide_promotion(result(scores=more), None, policy).promote
+    lenient = decide_promotion(result(scores=few), None, PromotionPolicy(min_auc=0.55, confidence=0.6))
+    assert lenient.checks[0].bound > check.bound  # a lower confidence, a higher bound
+
+
+def test_the_comparison_with_production_is_paired_on_the_same_rows():
     policy = PromotionPolicy(max_auc_drop=0.02)
-    assert decide_promotion(result(0.69), result(0.70, version="v0003"), policy).promote  # trails by 0.01
-    d = decide_promotion(result(0.66), result(0.70, version="v0003"), policy)
-    assert not d.promote and d.incumbent == "v0003"
-    assert d.reasons == ["preference AUC 0.660 vs production's 0.700: trails by 0.040, more than the allowed 0.020"]
+    production = result(0.70, version="v0003")
+    same = decide_promotion(result(0.70), production, policy)  # the same rewards: a difference of exactly 0
+    assert same.promote and same.incumbent == "v0003"
+    assert same.checks[1].reason == ("preference AUC 0.700 vs production's 0.700: difference +0.000, "
+                                     "95% lower bound +0.000 ≥ −0.020")
+    d = decide_promotion(result(0.66), production, policy)
+    assert not d.promote and d.reasons == [
+        "preference AUC 0.660 vs production's 0.700: trails by 0.040, more than the allowed 0.020"]
+    with pytest.raises(ValueError, match="different eval rows"):
+        decide_promotion(result(0.7, n=300), production, policy)
+
+
+def test_a_candidate_within_the_margin_on_too_few_rows_is_not_promoted():
+    """Production's rewards plus noise: a point difference inside the margin, a paired bound outside it."""
+    rng = np.random.default_rng(0)
+    desirable = np.r_[np.ones(30, bool), np.zeros(30, bool)]
+    theirs = rng.normal(size=60) + 0.8 * desirable
+    ours = theirs + 0.6 * rng.normal(size=60)
+    as_entry = lambda x: {"desirable": x[desirable].tolist(), "undesirable": x[~desirable].tolist()}  # noqa: E731
+    difference = roc_auc(ours, desirable) - roc_auc(theirs, desirable)
+    assert -0.02 < difference < 0.02
+    d = decide_promotion(result(scores=as_entry(ours)), result(scores=as_entry(theirs)),
+                         PromotionPolicy(min_auc=0.5, max_auc_drop=0.02))
+    check = d.checks[1]
+    assert not d.promote and check.bound < -0.02 and check.needed > 60
+    assert "60 eval examples cannot show the candidate within 0.020 of production with 95% confidence" in d.reasons[0]
+    assert d.reasons[0].endswith(f"need ~{check.needed:,}")
+
+
+def test_an_evaluation_without_rewards_is_an_error():
+    with pytest.raises(ValueError, match="re-run `thumbs evaluate`"):
+        decide_promotion({"preference": {"auc": 0.7}, "drift": {"kl_per_token": 0.0}}, None, PromotionPolicy())
 
 
 def test_drift_caps_reject_kl_and_length_blow_up():
