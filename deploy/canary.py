@@ -1,27 +1,38 @@
-"""The votes of a canary's window, from the lake's events: which count for which arm.
+"""A canary release's live test: which votes count for which arm, and the nightly look that settles it.
 
-    window = window_votes(feedback_dataset(lake).to_table(), production="thumbs-v3", canary="thumbs-v4",
-                          salt=rollout["salt"], share=rollout["share"], since=rollout["started"])
-    decide_canary(window.production, window.canary, days, policy)   # evaluation/canary.py
+    record = settle(Registry("registry/"), "lake/", PromotionPolicy.load().canary)   # under the registry's lock
+    record["outcome"]   # promote | rollback | reject | continue: saved in aliases.json with its numbers and sentence
+    stop(Registry("registry/"))                                                      # a person's rollback
 
-A vote counts for an arm when that arm's model answered it (the event's `model_version`) and its user is
-assigned to that arm (deploy/rollout.py): a request without a user id goes to production but is not a
-randomised vote, and neither is one from a user the assignment puts in the other arm. Each user's latest vote on
-an answer counts once. What is left out is counted by reason, for the decision's record.
-"""
+`settle` reads the lake's events since the canary started (`window_votes`), decides with
+`evaluation.canary.decide_canary` and writes the outcome: promote makes the canary production (the old production
+becomes `previous`); rollback and reject end the canary, production untouched; continue keeps it, with its last look.
+
+A vote counts for an arm when that arm's model answered it (the event's `model_version`: the versioned name the
+application asked vLLM for, `thumbs-v0004`, from serving.json) and its user is assigned to that arm
+(deploy/rollout.py): a request without a user id goes to production but is not a randomised vote, and neither is
+one from a user the assignment puts in the other arm. Each user's latest vote on an answer counts once. What is
+left out is counted by reason, for the decision's record."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional, Union
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
+from deploy.registry import Registry, RegistryError, with_production, without_canary
 from deploy.rollout import CANARY, PRODUCTION, assign
-from evaluation.canary import Arm
+from deploy.serving import versioned_name
+from evaluation.canary import Arm, CanaryPolicy, decide_canary
+
+WINDOW_COLUMNS = ["timestamp", "user_id", "model_version", "prompt", "completion", "desirable"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +79,55 @@ def window_votes(events: pa.Table, production: str, canary: str, salt: str, shar
     for (_, model, _), (_, desirable) in latest.items():
         (up if desirable else down)[model] += 1
     return Window(Arm(up[production], down[production]), Arm(up[canary], down[canary]), left_out)
+
+
+def settle(registry: Registry, lake: Union[str, Path], policy: CanaryPolicy, *, alias: str = "thumbs",
+           now: Optional[datetime] = None, log: Callable[[str], None] = print) -> Optional[dict]:
+    """The night's look at the running canary (None when there is none): decide on the lake's votes since it
+    started, write the outcome into aliases.json under the registry's lock, and return the decision's record."""
+    from ingest.lake import feedback_dataset
+
+    with registry.lock():
+        aliases = registry.aliases()
+        canary = aliases["canary"]
+        if canary is None:
+            log(f"canary: registry {registry.url} ({registry.name}) has no canary running")
+            return None
+        started = datetime.fromisoformat(canary["started"])
+        now = now or datetime.now(timezone.utc)
+        names = {"production": versioned_name(alias, aliases["production"]),
+                 "canary": versioned_name(alias, canary["version"])}
+        dataset = feedback_dataset(lake)
+        events = dataset.to_table(columns=WINDOW_COLUMNS, filter=ds.field("timestamp") >= pa.scalar(
+            started, dataset.schema.field("timestamp").type))
+        window = window_votes(events, names["production"], names["canary"], canary["salt"], canary["share"], started)
+        days = (now - started).total_seconds() / 86400
+        decision = decide_canary(window.production, window.canary, days, policy)
+        record = dict(decision.to_dict(), version=canary["version"], against=aliases["production"],
+                      served_as=names, left_out=window.left_out, at=now.isoformat(timespec="seconds"))
+        if decision.outcome == "promote":
+            registry.verify(canary["version"])  # a damaged version never becomes production
+            new = with_production(aliases, canary["version"], "canary-promote", replaced=aliases["production"],
+                                  decision=record)
+        elif decision.outcome in ("rollback", "reject"):
+            new = without_canary(aliases, f"canary-{decision.outcome}", decision=record)
+        else:
+            new = dict(aliases, canary=dict(canary, last=record))
+        registry.write_aliases(new)
+    log(f"canary {canary['version']} vs production {aliases['production']}, day {days:.1f}: {decision.outcome}: "
+        f"{decision.sentence}")
+    return record
+
+
+def stop(registry: Registry, *, reason: str = "stopped by a person", log: Callable[[str], None] = print) -> dict:
+    """Roll the running canary back now: it stops serving, production is untouched. Returns the new aliases."""
+    with registry.lock():
+        aliases = registry.aliases()
+        if aliases["canary"] is None:
+            raise RegistryError(f"registry {registry.url} ({registry.name}) has no canary running; production is "
+                                f"{aliases['production'] or 'none'} (`thumbs rollback` changes production)")
+        new = without_canary(aliases, "canary-rollback", decision={"outcome": "rollback", "sentence": reason})
+        registry.write_aliases(new)
+    log(f"canary: {aliases['canary']['version']} rolled back ({reason}); production stays "
+        f"{aliases['production']}")
+    return new

@@ -18,6 +18,8 @@ from evaluation.promotion import PromotionPolicy
 REGISTRY_HELP = "Registry folder or fsspec URL (s3://bucket/registry, memory://...)."
 
 registry_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect the adapter registry.")
+canary_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                         help="The running canary release: settle it on users' thumbs, or stop it.")
 
 
 REJECTED = 3  # `thumbs promote`'s exit code when the candidate failed its checks (1: free space, 2: the command)
@@ -146,8 +148,50 @@ def list_command(
         typer.echo(f"{r['version']:<8} {r['registered_at'] or '':<26} {r['snapshot_id'] or '':<17} {auc:>6} {kl:>9} "
                    f"{r['integrity']:<8} {mark}{r['status']}")
     for r in rows:
+        if r["canary"]:
+            typer.echo(f"{r['version']}: canary: {r['canary']}")
+    for r in rows:
         if r["problem"]:
             typer.echo(f"{r['version']}: {r['problem']}", err=True)
+
+
+@canary_app.command("settle")
+def canary_settle_command(
+    registry: str = typer.Option(..., "--registry", help=REGISTRY_HELP),
+    lake: str = typer.Option(..., "--lake", help="The lake whose events since the canary started are its votes."),
+    name: str = typer.Option("default", "--name", help="Model name inside the registry."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Promotion policy YAML (its `canary:` settings; "
+                                          "default: evaluation/promotion.yaml) or a thumbs.yaml."),
+    alias: str = typer.Option("thumbs", "--notify-alias", help="The served name's prefix: the arms answer as "
+                              "ALIAS-vNNNN in the events' model_version."),
+    json_out: bool = typer.Option(False, "--json", help="Print the decision's record as JSON."),
+) -> None:
+    """Look at the running canary: promote it, roll it back, withdraw it, or keep collecting (exit 0 for each)."""
+    from deploy.canary import settle
+    from deploy.registry import Registry
+
+    try:
+        record = settle(Registry(registry, name), lake, PromotionPolicy.load(policy).canary, alias=alias, log=_say)
+    except _errors() as err:
+        _fail(err)
+    if json_out:
+        typer.echo(json.dumps(record, indent=2))
+
+
+@canary_app.command("stop")
+def canary_stop_command(
+    registry: str = typer.Option(..., "--registry", help=REGISTRY_HELP),
+    name: str = typer.Option("default", "--name", help="Model name inside the registry."),
+    reason: str = typer.Option("stopped by a person", "--reason", help="Saved with the rollback."),
+) -> None:
+    """Roll the running canary back now; production is untouched. Re-export with --notify to unload it."""
+    from deploy.canary import stop
+    from deploy.registry import Registry
+
+    try:
+        stop(Registry(registry, name), reason=reason, log=_say)
+    except _errors() as err:
+        _fail(err)
 
 
 @registry_app.command("set-production")

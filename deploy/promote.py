@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from deploy.registry import DECISION, Registry, RegistryError, with_production, without_production
+from deploy.registry import DECISION, Registry, RegistryError, with_canary, with_production, without_production
 from evaluation.evaluate import EVAL_FILE, EvalConfig, evaluate, read_adapter
 from evaluation.promotion import PromotionPolicy, decide_promotion
 from common.faults import fault_point
@@ -67,9 +68,13 @@ def promote(adapter: Path, registry: Registry, policy: PromotionPolicy, *, force
                 # Registered, but the alias write never happened (a crash or I/O error in between): finish it,
                 # if its files are still those its manifest lists (a damaged copy never becomes production).
                 registry.verify(existing)
-                action = "force" if record.get("forced") else "promote"
-                registry.write_aliases(with_production(aliases, existing, action, replaced=aliases["production"]))
-                log(f"promote: {existing} was registered but never made production; it is now")
+                if record.get("rollout") == "canary":
+                    log(f"promote: {existing} was registered but its canary never started; "
+                        + _start_canary(registry, aliases, existing, policy))
+                else:
+                    action = "force" if record.get("forced") else "promote"
+                    registry.write_aliases(with_production(aliases, existing, action, replaced=aliases["production"]))
+                    log(f"promote: {existing} was registered but never made production; it is now")
             else:
                 log(f"promote: {adapter} is already registered as {existing}; nothing to do")
             return record
@@ -79,21 +84,38 @@ def promote(adapter: Path, registry: Registry, policy: PromotionPolicy, *, force
                 f"{evaluated_against or '(none)'}, but production is now {aliases['production'] or '(none)'}: "
                 f"re-run `thumbs evaluate --adapter {adapter} --snapshot ... --registry {registry.url}`")
         decision = decide_promotion(evaluation["candidate"], evaluation.get("incumbent"), policy)
-        record = dict(decision.to_dict(), adapter_sha256=sha, source=str(adapter), forced=force and not decision.promote)
+        # A canary needs a production to compare with, and --force means "make it production now".
+        canary = policy.rollout == "canary" and decision.promote and not force and aliases["production"] is not None
+        record = dict(decision.to_dict(), adapter_sha256=sha, source=str(adapter), forced=force and not decision.promote,
+                      rollout="canary" if canary else "direct")
         registry.start_aliases()  # a new registry's, before its first version
         version = registry.add_version(adapter, record)
         fault_point("promote.before_alias")  # registered, not yet production: a retry finishes it
         live = decision.promote or force
-        if live:
+        if canary:
+            verdict = _start_canary(registry, aliases, version, policy)
+        elif live:
             registry.write_aliases(with_production(aliases, version, "force" if record["forced"] else "promote",
                                                    replaced=aliases["production"]))
     record["version"] = version
-    verdict = ("promoted to production" if decision.promote else
-               "FORCED to production despite failing checks" if live else "rejected (registered, not live)")
+    if not canary:
+        verdict = ("promoted to production" if decision.promote else
+                   "FORCED to production despite failing checks" if live else "rejected (registered, not live)")
     log(f"promote: {version} {verdict}")
     for reason in decision.reasons:
         log(f"  - {reason}")
     return record
+
+
+def _start_canary(registry: Registry, aliases: dict, version: str, policy: PromotionPolicy) -> str:
+    """`version` becomes the canary unless one is running (then it waits, registered and approved); the verdict."""
+    running = aliases["canary"]
+    if running is not None:
+        return (f"passed, and waits: canary {running['version']} is running (started {running['started']}); the "
+                "next candidate evaluated after it settles takes its place")
+    registry.write_aliases(with_canary(aliases, version, policy.canary.share, secrets.token_hex(8)))
+    return (f"passed; now the canary for {policy.canary.share:.0%} of the users beside production "
+            f"{aliases['production']}: their thumbs decide (`thumbs canary settle`, nightly)")
 
 
 def rollback(registry: Registry, log: Callable[[str], None] = print) -> dict:

@@ -192,6 +192,10 @@ class Registry:
             raise RegistryError(f"{where} is inconsistent: production/previous do not match the history; nothing "
                                 f"was changed. Restore it from a backup, or {self.repair_hint()}")
         aliases.setdefault("events", [])
+        canary = aliases.setdefault("canary", None)
+        if canary is not None and not _valid_canary(canary, self._version_folders()):
+            raise RegistryError(f"{where} has a damaged canary entry ({json.dumps(canary)[:200]}); nothing was changed. "
+                                f"Restore it from a backup, or {self.repair_hint()}")
         return aliases
 
     def resolve(self, ref: str) -> str:
@@ -229,6 +233,8 @@ class Registry:
         what is damaged: every file is checked against the manifest)."""
         aliases = self.aliases()
         rolled_back = {e["version"] for e in aliases["events"] if e.get("action") == "rollback"}
+        canary_ends = {e["version"]: e for e in aliases["events"] if e.get("action") in CANARY_ENDS}
+        running = aliases["canary"] or {}
         staged = set(self._staged())
         rows = []
         for version in self._version_folders():
@@ -238,10 +244,15 @@ class Registry:
             candidate = ((self.read_json(version, "eval.json") or {}) if problem is None else {}).get("candidate") or {}
             if version == aliases["production"]:
                 status = "production"
+            elif version == running.get("version"):
+                status = f"canary ({running['share']:.0%} of users since {running['started']})"
             elif version == aliases["previous"]:
                 status = "previous"
             elif version in rolled_back:
                 status = "rolled back"
+            elif version in canary_ends and canary_ends[version]["action"] != "canary-promote":
+                status = "canary rolled back" if canary_ends[version]["action"] == "canary-rollback" \
+                    else "canary withdrawn"
             elif decision.get("promote") or decision.get("forced"):
                 status = "retired" if version in _ever_live(aliases) else "approved, not live"
             else:
@@ -252,7 +263,8 @@ class Registry:
                          "problem": problem,
                          "auc": (candidate.get("preference") or {}).get("auc"),
                          "kl_per_token": (candidate.get("drift") or {}).get("kl_per_token"),
-                         "reasons": decision.get("reasons", [])})
+                         "reasons": decision.get("reasons", []),
+                         "canary": _canary_sentence(version, running, canary_ends)})
         return rows
 
     # --- writing (callers hold `lock()`) ---------------------------------------------------------------------
@@ -416,21 +428,55 @@ class Registry:
 
 
 def with_production(aliases: dict, version: str, action: str, **detail) -> dict:
+    """`version` becomes production (a running canary keeps running, unless it is that version)."""
     history = aliases["history"] + [version]
-    return {"production": version, "previous": history[-2] if len(history) > 1 else None, "history": history,
-            "events": aliases["events"] + [dict(at=now(), action=action, version=version, **detail)]}
+    canary = aliases.get("canary")
+    return dict(aliases, production=version, previous=history[-2] if len(history) > 1 else None, history=history,
+                canary=None if canary and canary["version"] == version else canary,
+                events=aliases["events"] + [dict(at=now(), action=action, version=version, **detail)])
 
 
 def without_production(aliases: dict) -> dict:
     """Rollback: production ← previous, and previous ← the version before it."""
     history = aliases["history"][:-1]
-    return {"production": history[-1], "previous": history[-2] if len(history) > 1 else None, "history": history,
-            "events": aliases["events"] + [dict(at=now(), action="rollback", version=aliases["production"],
-                                                 restored=history[-1])]}
+    return dict(aliases, production=history[-1], previous=history[-2] if len(history) > 1 else None, history=history,
+                events=aliases["events"] + [dict(at=now(), action="rollback", version=aliases["production"],
+                                                 restored=history[-1])])
+
+
+CANARY_ENDS = ("canary-promote", "canary-rollback", "canary-reject")  # the events that close a canary
+
+
+def with_canary(aliases: dict, version: str, share: float, salt: str, **detail) -> dict:
+    """`version` starts serving `share` of the users beside production (deploy/rollout.py assigns them by `salt`)."""
+    canary = {"version": version, "share": share, "salt": salt, "started": now(), "against": aliases["production"]}
+    return dict(aliases, canary=canary, events=aliases["events"] + [
+        dict(at=canary["started"], action="canary-start", version=version, share=share, **detail)])
+
+
+def without_canary(aliases: dict, action: str, **detail) -> dict:
+    """The canary stops serving (`action`: canary-rollback or canary-reject); production is untouched."""
+    return dict(aliases, canary=None, events=aliases["events"] + [
+        dict(at=now(), action=action, version=aliases["canary"]["version"], **detail)])
+
+
+def _canary_sentence(version: str, running: dict, ends: dict) -> Optional[str]:
+    """The live test's last word on `version`: the running canary's last look, or the decision that ended it."""
+    if running.get("version") == version:
+        return (running.get("last") or {}).get("sentence") or "started; no look yet"
+    end = ends.get(version)
+    return None if end is None else (end.get("decision") or {}).get("sentence") or end["action"]
+
+
+def _valid_canary(canary, folders: List[str]) -> bool:
+    return (isinstance(canary, dict) and canary.get("version") in folders and isinstance(canary.get("salt"), str)
+            and bool(canary["salt"]) and isinstance(canary.get("share"), (int, float)) and 0 < canary["share"] < 1
+            and isinstance(canary.get("started"), str))
 
 
 def _ever_live(aliases: dict) -> set:
-    return {e["version"] for e in aliases["events"] if e.get("action") in ("promote", "force", "set-production")}
+    return {e["version"] for e in aliases["events"]
+            if e.get("action") in ("promote", "force", "set-production", "canary-promote")}
 
 
 def _protocols(fs) -> tuple:

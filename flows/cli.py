@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from deploy.cli import evaluate_command, export_command, promote_command, registry_app, rollback_command
+from deploy.cli import canary_app, evaluate_command, export_command, promote_command, registry_app, rollback_command
 from flows.deployments import deploy_command, ui_command
 from flows.run import config_app, run_command, unlock_command
 from ingest.cli import curate_command, ingest_command
@@ -25,6 +25,7 @@ app.command("evaluate")(evaluate_command)
 app.command("promote")(promote_command)
 app.command("rollback")(rollback_command)
 app.add_typer(registry_app, name="registry")
+app.add_typer(canary_app, name="canary")
 app.command("export")(export_command)
 app.command("run")(run_command)
 app.add_typer(config_app, name="config")

@@ -141,6 +141,104 @@ def test_promote_reject_rollback_and_list_through_the_cli(adapters, style_snapsh
     assert refused.exit_code == 2 and "no previous production version" in refused.output
 
 
+def _votes(path: Path, registry: Path, arms: dict, users: int) -> None:
+    """Feedback as the application logs it during a canary: `users` users, each assigned by deploy/rollout.py on their
+    pseudonym and answered by their arm's versioned model; `arms` (arm -> thumbs-up rate) sets how they vote."""
+    from datetime import datetime, timezone
+
+    from deploy.rollout import assign
+    from ingest.privacy import INSECURE_DEV_KEY, Pseudonymizer
+
+    aliases = Registry(registry).aliases()
+    canary = aliases["canary"]
+    served = {"production": f"thumbs-{aliases['production']}", "canary": f"thumbs-{canary['version']}"}
+    pseudonym, when = Pseudonymizer(INSECURE_DEV_KEY.encode()), datetime.now(timezone.utc).isoformat()
+    lines, seen = [], {"production": 0, "canary": 0}
+    for i in range(users):
+        arm = assign(pseudonym(f"user-{i}"), canary["salt"], canary["share"])  # the salt is new each canary
+        seen[arm] += 1
+        up = (seen[arm] * 0.618034) % 1 < arms[arm]  # within an arm, an even spread of thumbs-up at its rate
+        lines.append(json.dumps({"event_id": f"{path.stem}-{i}", "timestamp": when, "user_id": f"user-{i}",
+                                 "model_version": served[arm], "prompt": f"{path.stem}: question {i}", "completion": f"answer {i}",
+                                 "label": "up" if up else "down"}))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def nudge(run: Path) -> None:
+    """Another adapter as good as `run` (LoRA's B matrices x 0.99, the run folder sealed again)."""
+    from safetensors.torch import load_file, save_file
+
+    from training.run_folder import read_meta, write_meta
+
+    meta = read_meta(run)
+    weights = load_file(run / "adapter_model.safetensors")
+    save_file({name: w * 0.99 if "lora_B" in name else w for name, w in weights.items()},
+              run / "adapter_model.safetensors")
+    write_meta(run, {k: v for k, v in meta.items() if k not in ("files", "sha256")}, list(meta["files"]))
+
+
+def test_a_canary_release_through_the_cli(adapters, style_snapshot, tmp_path):
+    """rollout: canary. The first candidate becomes production (nothing to compare with), the next the canary for
+    half the users; one users like less is rolled back by `thumbs canary settle` and production never moves; one
+    they like as much is promoted; every decision and its sentence is in aliases.json and the listing."""
+    from ingest.intake.job import IngestConfig, ingest
+
+    registry, lake = tmp_path / "registry", tmp_path / "lake"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("min_auc: 0.6\nmax_auc_drop: 0.5\nrollout: canary\n"
+                      "canary: {share: 0.5, min_votes: 100, margin: 0.1}\n")
+    trained, trained2, nudged, untrained = (fresh_copy(adapters[n], tmp_path / f"{i}")
+                                            for i, n in enumerate(("trained", "trained2", "trained", "untrained")))
+    nudge(nudged)
+
+    def evaluate_and_promote(adapter: Path, *flags: str) -> dict:
+        thumbs("evaluate", "--adapter", adapter, "--snapshot", style_snapshot, "--registry", registry, *EVAL_FLAGS)
+        return json.loads(thumbs("promote", "--adapter", adapter, "--registry", registry, "--policy", policy,
+                                 "--json", *flags).stdout)
+
+    def settle(feedback: Path, arms: dict, users: int = 400) -> dict:
+        _votes(feedback, registry, arms, users)
+        ingest([feedback], lake, IngestConfig(format="events", insecure_dev_key=True), progress=False)
+        return json.loads(thumbs("canary", "settle", "--registry", registry, "--lake", lake, "--policy", policy,
+                                 "--json").stdout)
+
+    assert evaluate_and_promote(trained)["rollout"] == "direct"  # no production yet: straight there
+    second = evaluate_and_promote(trained2)
+    aliases = Registry(registry).aliases()
+    assert second["rollout"] == "canary" and aliases["production"] == "v0001"
+    assert aliases["canary"]["version"] == "v0002" and aliases["canary"]["share"] == 0.5
+
+    look = settle(tmp_path / "day1.jsonl", {"production": 0.6, "canary": 0.2})  # users like v0002 far less
+    assert look["outcome"] == "rollback" and look["version"] == "v0002", look["sentence"]
+    assert sum(look["canary"].values()) + sum(look["production"].values()) == 400 and look["difference"] < -0.25
+    aliases = Registry(registry).aliases()
+    assert aliases["canary"] is None and (aliases["production"], aliases["previous"]) == ("v0001", None)
+    assert aliases["events"][-1]["action"] == "canary-rollback"
+    rows = {r["version"]: r for r in Registry(registry).listing()}
+    assert rows["v0002"]["status"] == "canary rolled back" and "users like the canary less" in rows["v0002"]["canary"]
+    assert "v0002: canary: users like the canary less" in thumbs("registry", "list", "--registry", registry).stdout
+
+    assert evaluate_and_promote(nudged)["rollout"] == "canary"  # the next candidate: v0003, the canary
+    look = settle(tmp_path / "day2.jsonl", {"production": 0.5, "canary": 0.5})  # liked as much; day 1 not counted
+    assert look["outcome"] == "continue" and look["low"] < -0.1 < look["high"], look["sentence"]  # too few votes
+    assert sum(look["canary"].values()) + sum(look["production"].values()) == 400
+    running = Registry(registry).aliases()["canary"]
+    assert running["version"] == "v0003" and running["last"]["sentence"].startswith("not yet decided")
+    assert {r["version"]: r["status"] for r in Registry(registry).listing()}["v0003"].startswith("canary (50% of")
+    look = settle(tmp_path / "day3.jsonl", {"production": 0.5, "canary": 0.5}, users=1600)  # a busier night
+    assert look["outcome"] == "promote" and look["version"] == "v0003", look["sentence"]
+    assert sum(look["canary"].values()) + sum(look["production"].values()) == 2000 and look["low"] > -0.1
+    aliases = Registry(registry).aliases()
+    assert (aliases["production"], aliases["previous"], aliases["canary"]) == ("v0003", "v0001", None)
+
+    forced = evaluate_and_promote(untrained, "--force")  # --force means production now, never a canary
+    assert forced["rollout"] == "direct" and Registry(registry).aliases()["production"] == "v0004"
+    none = thumbs("canary", "settle", "--registry", registry, "--lake", lake, "--policy", policy, "--json")
+    assert json.loads(none.stdout) is None and "no canary running" in none.output
+    stopped = thumbs("canary", "stop", "--registry", registry, ok=False)
+    assert stopped.exit_code == 2 and "no canary running" in stopped.output
+
+
 @pytest.fixture(scope="module")
 def registry(adapters, style_snapshot, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("registry")
