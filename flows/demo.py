@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from evaluation import world
 from evaluation.world import assistant
@@ -88,8 +89,7 @@ def main() -> int:
           f"{DEMO_DIR / 'thumbs.yaml'}` lists every value and where it came from):\n{table(config, source, only_set=True)}")
     rows, first = [], None
     for night in range(nights):
-        serving = DEMO_DIR / "serving"
-        model, tokenizer = world.load_policy(folder, serving if (serving / "adapter_config.json").exists() else None)
+        model, tokenizer = world.load_policy(folder, served_adapter())
         judged = sim.judge(model, tokenizer, SEED)
         truth = judged.rate
         first = first or judged
@@ -106,7 +106,7 @@ def main() -> int:
         rows.append(row)
         print(f"night {night}: {row['version']} {'promoted' if row['promoted'] else 'rejected'} (AUC {row['auc']:.3f}): "
               + "; ".join(row["reasons"]), flush=True)
-    model, tokenizer = world.load_policy(folder, DEMO_DIR / "serving")
+    model, tokenizer = world.load_policy(folder, served_adapter())  # the base, when nothing was promoted
     last = sim.judge(model, tokenizer, SEED)
     final = last.rate
     print_examples(first, last)
@@ -117,6 +117,12 @@ def main() -> int:
     print(f"production: {production_version()}, exported to {DEMO_DIR / 'serving'}; registry: "
           f"thumbs registry list --registry {DEMO_DIR / 'registry'}; UI: make ui")
     return 0 if gain >= MIN_GAIN else 1
+
+
+def served_adapter() -> Optional[Path]:
+    """The exported production adapter the users' model runs, None while production is the base."""
+    serving = DEMO_DIR / "serving"
+    return serving if (serving / "adapter_config.json").exists() else None
 
 
 def reset(folder: Path) -> None:
