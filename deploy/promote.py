@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from deploy.registry import DECISION, Registry, RegistryError, with_canary, with_production, without_production
+from deploy.registry import (DECISION, Registry, RegistryError, new_aliases, with_canary, with_production,
+                             without_production)
 from evaluation.evaluate import EVAL_FILE, EvalConfig, evaluate, read_adapter
 from evaluation.promotion import PromotionPolicy, decide_promotion
 from common.faults import fault_point
@@ -143,7 +144,7 @@ def set_production(registry: Registry, ref: str, log: Callable[[str], None] = pr
             kept = registry.keep_damaged_aliases()
             log(f"set-production: {err}".split(". Restore")[0] + (f"; kept as {kept}" if kept else "")
                 + "; writing a new aliases.json")
-            aliases = {"production": None, "previous": None, "history": [], "events": []}
+            aliases = new_aliases()
         if ref == "none":
             if aliases["production"] is not None:
                 raise RegistryError(f"production is {aliases['production']}: `thumbs rollback` or set-production "

@@ -169,7 +169,7 @@ class Registry:
         if not self.fs.exists(path):
             folders = self._version_folders()
             if not folders:
-                return {"production": None, "previous": None, "history": [], "events": []}
+                return new_aliases()
             raise RegistryError(f"{where} is missing, but the registry holds versions ({', '.join(folders)}): "
                                 "which one is production is unknown, so nothing was changed. Restore the file "
                                 f"from a backup, or {self.repair_hint()}")
@@ -376,8 +376,7 @@ class Registry:
         """A new registry's aliases.json (no production), written before its first version: from then on a
         registry holding versions without a readable aliases.json is known to be damaged, not new."""
         if not self.fs.exists(self.path(ALIASES)):
-            self._put_aliases(json.dumps({"production": None, "previous": None, "history": [], "events": []},
-                                         indent=2).encode())
+            self._put_aliases(json.dumps(new_aliases(), indent=2).encode())
 
     def _put_aliases(self, data: bytes) -> None:
         if self.local:
@@ -425,6 +424,11 @@ class Registry:
             return []
         names = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(folder, detail=False)]
         return sorted(n for n in names if VERSION_RE.match(n))
+
+
+def new_aliases() -> dict:
+    """A registry's aliases before anything was promoted."""
+    return {"production": None, "previous": None, "history": [], "events": [], "canary": None}
 
 
 def with_production(aliases: dict, version: str, action: str, **detail) -> dict:

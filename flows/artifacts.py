@@ -37,12 +37,31 @@ def eval_table(evaluation: dict) -> list:
 
 
 def decision_markdown(record: dict) -> str:
-    verdict = "promoted to production" if record.get("promote") else (
+    verdict = ("passed: the canary, or waiting for the running one" if record.get("rollout") == "canary" else
+               "promoted to production") if record.get("promote") else (
         "forced to production" if record.get("forced") else "rejected (registered, not live)")
     lines = [f"## {record.get('version', '?')}: {verdict}", ""]
     if record.get("incumbent"):
         lines += [f"Compared with production {record['incumbent']}.", ""]
     lines += [f"- {'✅' if c['passed'] else '❌'} {c['reason']}" for c in record.get("checks", [])]
+    return "\n".join(lines)
+
+
+CANARY_VERDICTS = {"promote": "promoted to production", "rollback": "rolled back (production unchanged)",
+                   "reject": "withdrawn: no decision in time (production unchanged)", "continue": "still collecting"}
+
+
+def canary_markdown(record: dict) -> str:
+    """A canary's look (deploy.canary.settle's record): the outcome, the two arms and the sentence."""
+    lines = [f"## canary {record['version']} vs production {record['against']}: "
+             f"{CANARY_VERDICTS[record['outcome']]}", "", record["sentence"], "",
+             "| arm | served as | thumbs-up | thumbs-down |", "|---|---|---:|---:|"]
+    for arm in ("canary", "production"):
+        lines.append(f"| {arm} | `{record['served_as'][arm]}` | {record[arm]['up']:,} | {record[arm]['down']:,} |")
+    left_out = {why: n for why, n in record.get("left_out", {}).items() if n}
+    if left_out:
+        lines += ["", "Not counted: " + ", ".join(f"{n:,} ({why})" for why, n in left_out.items()) + "."]
+    lines += ["", f"Day {record['days']:.1f} of the test; looked at {record['at']}."]
     return "\n".join(lines)
 
 

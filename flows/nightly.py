@@ -1,4 +1,4 @@
-"""The nightly retrain as a Prefect flow: ingest → curate → train → evaluate → promote → export.
+"""The nightly retrain as a Prefect flow: ingest → canary → curate → train → evaluate → promote → export.
 
     thumbs run --config thumbs.yaml          # once, in-process, on Prefect's embedded server
     thumbs deploy --config thumbs.yaml       # the nightly (cron) and ad hoc deployments, see flows/deployments.py
@@ -9,7 +9,8 @@ promotion, export, each the stage's own config class, so the Prefect UI's run fo
 Business logic lives in the stage packages (ingest/, training/, evaluation/, deploy/), which never
 import Prefect; each task here is a thin call into one of them, with the retries, caching and
 visibility Prefect adds. A failing stage fails the flow run with a `StageFailed` naming the stage;
-production can only change inside `promote`, whose registry write is atomic.
+production can only change inside `canary` (a running canary release settled on the night's votes) and
+`promote`, whose registry writes are atomic.
 """
 
 from __future__ import annotations
@@ -127,6 +128,16 @@ def _registry(config: ThumbsConfig):
     return Registry(config.path("registry"), config.run.model_name)
 
 
+@task(name="canary", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5))
+def settle_canary(config: ThumbsConfig) -> Optional[dict]:
+    """The running canary's look on the lake's votes so far (None when none runs): promote, roll back, withdraw or
+    continue. Before training, so a settled canary's production is what tonight's candidate is compared with."""
+    from deploy.canary import settle
+
+    return settle(_registry(config), config.path("lake"), config.promotion.canary, alias=config.export.notify_alias,
+                  log=_log())
+
+
 @task(name="promote", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5))
 def promote_adapter(config: ThumbsConfig, adapter: str) -> dict:
     from deploy.promote import promote
@@ -183,12 +194,15 @@ def publish_evaluation(adapter: str, evaluation: dict) -> None:
 
 
 @task(name="publish-decision")
-def publish_decision(record: dict) -> None:
-    """The decision as an artifact. Visibility only: it is in the registry already, so a failure here is a warning."""
-    from flows.artifacts import decision_markdown
+def publish_decision(record: dict, key: str = "thumbs-decision") -> None:
+    """A decision (the offline promotion's, or a canary's look) as an artifact. Visibility only: it is in the
+    registry already, so a failure here is a warning."""
+    from flows.artifacts import canary_markdown, decision_markdown
 
+    canary = key == "thumbs-canary"
     try:
-        create_markdown_artifact(decision_markdown(record), key="thumbs-decision", description="Promotion decision")
+        create_markdown_artifact(canary_markdown(record) if canary else decision_markdown(record), key=key,
+                                 description="Canary release: the live decision" if canary else "Promotion decision")
     except Exception as err:  # noqa: BLE001
         get_run_logger().warning(f"could not publish the decision artifact ({err}); it is in the registry")
 
@@ -206,6 +220,9 @@ def nightly_retrain(run: RunSettings, ingest: IngestConfig = IngestConfig(), cur
     with retrain_lock(config.run):
         out = run_folder(config.run)
         ingested = stage("ingest", ingest_feedback, config)
+        canary = stage("canary", settle_canary, config)
+        if canary is not None:
+            publish_decision(canary, key="thumbs-canary")
         snapshot = stage("curate", curate_window, config)
         trained = stage("train", train_adapter, config, snapshot, out)
         evaluation = stage("evaluate", evaluate_adapter, config, out, snapshot)
@@ -213,7 +230,7 @@ def nightly_retrain(run: RunSettings, ingest: IngestConfig = IngestConfig(), cur
         record = stage("promote", promote_adapter, config, out)
         publish_decision(record)
         exported = stage("export", export_production, config)
-    return summarize(ingested, snapshot, trained, evaluation, record, exported, out)
+    return dict(summarize(ingested, snapshot, trained, evaluation, record, exported, out), canary=canary)
 
 
 def publish_config(config: ThumbsConfig) -> None:

@@ -340,6 +340,10 @@ ALIASES_DAMAGE = {
     "not an object": "[]",
     "names a version that is not there": '{"production": "v0005", "previous": null, "history": ["v0005"]}',
     "production not the history's last": '{"production": "v0001", "previous": "v0002", "history": ["v0001", "v0002"]}',
+    "a canary that is not there": '{"production": "v0001", "previous": null, "history": ["v0001"], "canary": '
+                                  '{"version": "v0009", "share": 0.1, "salt": "ab", "started": "2026-12-07T00:00:00"}}',
+    "a canary without its salt": '{"production": "v0001", "previous": null, "history": ["v0001"], "canary": '
+                                 '{"version": "v0002", "share": 0.1, "started": "2026-12-07T00:00:00"}}',
 }
 
 

@@ -22,6 +22,7 @@ from deploy.promote import promote
 from deploy.registry import Registry, RegistryError
 from evaluation.evaluate import EvalConfig, EvaluationError, evaluate
 from evaluation.promotion import PromotionPolicy
+from canary_helpers import canary_votes
 from flows.cli import app
 from training.config import TrainConfig
 from training.data import render
@@ -141,29 +142,6 @@ def test_promote_reject_rollback_and_list_through_the_cli(adapters, style_snapsh
     assert refused.exit_code == 2 and "no previous production version" in refused.output
 
 
-def _votes(path: Path, registry: Path, arms: dict, users: int) -> None:
-    """Feedback as the application logs it during a canary: `users` users, each assigned by deploy/rollout.py on their
-    pseudonym and answered by their arm's versioned model; `arms` (arm -> thumbs-up rate) sets how they vote."""
-    from datetime import datetime, timezone
-
-    from deploy.rollout import assign
-    from ingest.privacy import INSECURE_DEV_KEY, Pseudonymizer
-
-    aliases = Registry(registry).aliases()
-    canary = aliases["canary"]
-    served = {"production": f"thumbs-{aliases['production']}", "canary": f"thumbs-{canary['version']}"}
-    pseudonym, when = Pseudonymizer(INSECURE_DEV_KEY.encode()), datetime.now(timezone.utc).isoformat()
-    lines, seen = [], {"production": 0, "canary": 0}
-    for i in range(users):
-        arm = assign(pseudonym(f"user-{i}"), canary["salt"], canary["share"])  # the salt is new each canary
-        seen[arm] += 1
-        up = (seen[arm] * 0.618034) % 1 < arms[arm]  # within an arm, an even spread of thumbs-up at its rate
-        lines.append(json.dumps({"event_id": f"{path.stem}-{i}", "timestamp": when, "user_id": f"user-{i}",
-                                 "model_version": served[arm], "prompt": f"{path.stem}: question {i}", "completion": f"answer {i}",
-                                 "label": "up" if up else "down"}))
-    path.write_text("\n".join(lines) + "\n")
-
-
 def nudge(run: Path) -> None:
     """Another adapter as good as `run` (LoRA's B matrices x 0.99, the run folder sealed again)."""
     from safetensors.torch import load_file, save_file
@@ -197,7 +175,7 @@ def test_a_canary_release_through_the_cli(adapters, style_snapshot, tmp_path):
                                  "--json", *flags).stdout)
 
     def settle(feedback: Path, arms: dict, users: int = 400) -> dict:
-        _votes(feedback, registry, arms, users)
+        canary_votes(feedback, Registry(registry), arms, users)
         ingest([feedback], lake, IngestConfig(format="events", insecure_dev_key=True), progress=False)
         return json.loads(thumbs("canary", "settle", "--registry", registry, "--lake", lake, "--policy", policy,
                                  "--json").stdout)

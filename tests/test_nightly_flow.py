@@ -80,6 +80,41 @@ def test_a_full_run_promotes_and_exports_then_a_failed_training_changes_nothing(
     assert serving["version"] == Registry(workdir / "registry").aliases()["production"]
 
 
+def test_a_canary_release_is_settled_first_thing_each_night(harness, feedback, tiny_model, tmp_path):
+    """rollout: canary. Night 1 makes production (nothing to compare with), night 2's candidate the canary for
+    half the users; night 3 reads their thumbs right after ingest, before any training: users like the canary less,
+    so it is rolled back (its look an artifact of the run), production untouched. Night 3's training fails here
+    (a missing training deployment): the canary's settling does not depend on it."""
+    from prefect.artifacts import Artifact
+
+    from canary_helpers import canary_votes
+
+    workdir, votes = tmp_path / "work", tmp_path / "votes" / "night3.jsonl"
+    canary = {"rollout": "canary", "canary": {"share": 0.5, "min_votes": 100}, "max_auc_drop": 0.5}
+    night = lambda **sections: nightly(workdir, feedback, tiny_model, promotion=canary, **sections)  # noqa: E731
+    first = run_config(night())
+    assert first.is_completed(), first.message
+    assert first.result()["canary"] is None  # nothing to settle on the first night
+    second = run_config(night(train={"learning_rate": 4e-3}))
+    assert second.is_completed(), second.message
+    registry = Registry(workdir / "registry")
+    aliases = registry.aliases()
+    assert (aliases["production"], aliases["canary"]["version"]) == ("v0001", "v0002")
+    serving = json.loads((workdir / "serving" / "serving.json").read_text())
+    assert serving["version"] == "v0001"  # production serves; the canary arm is the application's to route
+
+    votes.parent.mkdir()
+    canary_votes(votes, registry, {"production": 0.6, "canary": 0.2}, users=400)
+    third = run_config(night(run={"sources": [str(feedback), str(votes.parent)],
+                                  "train_deployment": "thumbs-train/missing"}))
+    assert third.is_failed() and "stage 'train' failed" in third.message
+    aliases = registry.aliases()
+    assert aliases["canary"] is None and aliases["production"] == "v0001"
+    assert aliases["events"][-1]["action"] == "canary-rollback"
+    assert "users like the canary less" in aliases["events"][-1]["decision"]["sentence"]
+    assert "rolled back (production unchanged)" in Artifact.get("thumbs-canary").data
+
+
 def prefect_stored() -> set:
     """The files in Prefect's result storage. Nothing of the nightly is read back from there, where a planted file
     could run code when deserialised (pickle, or Prefect's JSON, which imports the exception class a file names):
