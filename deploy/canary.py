@@ -131,3 +131,29 @@ def stop(registry: Registry, *, reason: str = "stopped by a person", log: Callab
     log(f"canary: {aliases['canary']['version']} rolled back ({reason}); production stays "
         f"{aliases['production']}")
     return new
+
+
+def canary_folder(out: Union[str, Path]) -> Path:
+    """Where the running canary's adapter is exported, beside production's export `out`: `<out>.canary`."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.canary")
+
+
+def export_canary(registry: Registry, out: Union[str, Path], *, base_model: Optional[str] = None,
+                  max_lora_rank: Optional[int] = None, protect=(), log: Callable[[str], None] = print) -> Optional[Path]:
+    """Export the running canary (peft, for vLLM) to `canary_folder(out)` unless it holds it already, its serving.json
+    stating the share, salt and assignment rule; returns the folder. With no canary running, an earlier canary's
+    export there is removed (an application reading it would route users to an adapter no longer served), and
+    None is returned."""
+    from deploy.export import export, holds, remove_export, serving_record
+
+    folder, canary = canary_folder(out), registry.aliases()["canary"]
+    if canary is None:
+        if serving_record(folder).get("registry") == registry.url:
+            remove_export(folder, log)
+        return None
+    current = serving_record(folder)
+    if not holds(current, registry, canary["version"], "peft") or current.get("canary", {}).get("salt") != canary["salt"]:
+        export(registry, canary["version"], "peft", folder, base_model=base_model, max_lora_rank=max_lora_rank,
+               for_vllm=True, protect=protect, log=log)
+    return folder

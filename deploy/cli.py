@@ -183,15 +183,25 @@ def canary_stop_command(
     registry: str = typer.Option(..., "--registry", help=REGISTRY_HELP),
     name: str = typer.Option("default", "--name", help="Model name inside the registry."),
     reason: str = typer.Option("stopped by a person", "--reason", help="Saved with the rollback."),
+    notify: Optional[str] = typer.Option(None, "--notify", help="Then unload the canary from this vLLM server "
+                                         "(production, exported in --out, keeps answering)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --notify: production's serving folder."),
+    alias: str = typer.Option("thumbs", "--notify-alias", help="With --notify: the model name clients request."),
 ) -> None:
-    """Roll the running canary back now; production is untouched. Re-export with --notify to unload it."""
-    from deploy.canary import stop
+    """Roll the running canary back now; production is untouched. With --notify, the server unloads it."""
+    from deploy.canary import export_canary, stop
     from deploy.registry import Registry
 
+    if notify and out is None:
+        _fail(ValueError("--notify needs --out: production's serving folder (the canary's is beside it)"))
     try:
         stop(Registry(registry, name), reason=reason, log=_say)
+        if notify:
+            export_canary(Registry(registry, name), out, log=_say)  # no canary now: its export is removed
     except _errors() as err:
         _fail(err)
+    if notify:
+        _notify(notify, out, alias)
 
 
 @registry_app.command("set-production")
@@ -236,14 +246,23 @@ def export_command(
     except _errors() as err:
         _fail(err)
     if settings.notify:
-        _notify(settings.notify, Path(settings.out), settings.notify_alias)
+        canary = None
+        if version == "production" and settings.format == "peft":  # the running canary is served beside it
+            from deploy.canary import export_canary
+
+            try:
+                canary = export_canary(Registry(registry, name), Path(settings.out), base_model=base_model,
+                                       max_lora_rank=settings.max_lora_rank, log=_say)
+            except _errors() as err:
+                _fail(err)
+        _notify(settings.notify, Path(settings.out), settings.notify_alias, canary)
 
 
-def _notify(url: str, out: Path, alias: str) -> None:
+def _notify(url: str, out: Path, alias: str, canary: Optional[Path] = None) -> None:
     from deploy.serving import ServingError, publish
 
     try:
-        publish(url, out, alias=alias, log=_say)
+        publish(url, out, alias=alias, canary_dir=canary, log=_say)
     except ServingError as err:
         _fail(ServingError(f"{err} (the export in {out} is written; re-run with --notify to retry)"))
 

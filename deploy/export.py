@@ -214,6 +214,12 @@ def _serving(registry: Registry, version: str, fmt: str, dtype: str, config: dic
         "eval": {"auc": (evaluation.get("preference") or {}).get("auc"),
                  "kl_per_token": (evaluation.get("drift") or {}).get("kl_per_token")},
     }
+    canary = registry.aliases()["canary"]
+    if canary is not None and canary["version"] == version:  # the arms, for the application that routes them
+        serving["canary"] = {k: canary[k] for k in ("share", "salt", "started", "against")} | {
+            "rule": "deploy.rollout.assign(pseudonymous user id, salt, share) == 'canary': this adapter (served "
+                    "as ALIAS-" + version + "); otherwise, and without a user id, production (ALIAS-"
+                    + str(canary["against"]) + ")"}
     # Shell words quoted: a path with a space or a quote pastes as one argument.
     template_flag = ["--chat-template", shlex.quote(template)] if template is PLAIN_CHAT_TEMPLATE else []
     if fmt == "peft":
@@ -362,6 +368,16 @@ def _clear_stale(target: Path, log: Callable[[str], None]) -> None:
         else:
             shutil.rmtree(path, ignore_errors=True)  # half-written: every file in it is the dead export's
         log(f"export: removed {path.name}, left by an export that was killed")
+
+
+def remove_export(out: Path, log: Callable[[str], None] = print) -> None:
+    """Delete the export in `out` (one thumbs wrote: only the files its serving.json lists; anything else keeps
+    the folder, renamed, see `_discard`). Nothing happens when `out` holds no export."""
+    out = Path(os.path.abspath(out))
+    if (out / SERVING).is_file():
+        with _folder_lock(out.parent):
+            _discard(out, out, log)
+        log(f"export: removed the export in {out}")
 
 
 def _discard(folder: Path, target: Path, log: Callable[[str], None]) -> None:

@@ -16,6 +16,11 @@ The server runs with `--enable-lora --max-lora-rank R` and VLLM_ALLOW_RUNTIME_LO
 4. only then is the previous `thumbs-vNNNN` unloaded and its folder deleted (only folders named like
    versions or this module's staging folders: nothing else in `<out>.versions/` is touched).
 
+A running canary release (deploy/canary.py) is served beside production: its export (`<out>.canary`, whose
+serving.json states the share, salt and assignment rule) is staged the same way and loaded as `thumbs-V`
+only, never as the alias; the application routes each user to one of the two versioned names
+(deploy/rollout.py). A publish without a canary unloads any earlier one: that is a canary's rollback.
+
 A failure in 2 or 3 undoes what was done (the alias back on its old folder, `thumbs-V` unloaded), so
 the server keeps serving the previous version, and the `ServingError` says which that is. Rollback is
 the same swap towards the older version. Publishing what is already served only checks it answers.
@@ -112,9 +117,11 @@ def versioned_name(alias: str, version: str) -> str:
     return f"{alias}-{version}"
 
 
-def publish(url: str, export_dir: Path, *, alias: str = "thumbs", log: Callable[[str], None] = print,
-            timeout_s: float = 120.0) -> dict:
-    """Make the server at `url` answer `alias` with the adapter exported in `export_dir` (see the module doc)."""
+def publish(url: str, export_dir: Path, *, alias: str = "thumbs", canary_dir: Optional[Path] = None,
+            log: Callable[[str], None] = print, timeout_s: float = 120.0) -> dict:
+    """Make the server at `url` answer `alias` with the adapter exported in `export_dir` (see the module doc), and,
+    with `canary_dir` (a running canary release's export), serve the canary beside it as `alias-vNNNN`. Every other
+    `alias-vNNNN` is unloaded: a canary that is no longer passed is gone after this call."""
     export_dir = Path(export_dir).resolve()
     serving = _read_serving(export_dir)
     version, client = serving["version"], Client(url, timeout_s)
@@ -125,22 +132,56 @@ def publish(url: str, export_dir: Path, *, alias: str = "thumbs", log: Callable[
         folder = _stage(export_dir, root / version, serving)
         previous = _served_version(loaded, alias, root)
         name = versioned_name(alias, version)
-        if loaded.get(alias) == str(folder) and loaded.get(name) == str(folder):
+        changed = not (loaded.get(alias) == str(folder) and loaded.get(name) == str(folder))
+        if changed:
+            try:
+                _swap(client, loaded, alias, name, str(folder), previous, url, log)
+            except ServingError:
+                _drop_unused(client, folder)
+                raise
+        else:
             _answers(client, alias)
-            retired = _retire(client, loaded, alias, name, root, folder)
-            log(f"serve: {url} already serves {version} as '{alias}'")
-            return {"url": url, "alias": alias, "version": version, "previous": previous, "changed": False,
-                    "retired": retired, "path": str(folder)}
+        keep, folders, canary = {name}, {folder}, None
+        if canary_dir is not None:
+            canary, canary_folder = _serve_canary(client, alias, root, Path(canary_dir).resolve(), version, url, log)
+            keep.add(canary)
+            folders.add(canary_folder)
+        retired = _retire(client, client.adapters(), alias, keep, root, folders)
+    if changed:
+        log(f"serve: {url} now answers '{alias}' with {version} (was {previous or 'none'}); "
+            f"retired {', '.join(retired) or 'nothing'}")
+    else:
+        log(f"serve: {url} already serves {version} as '{alias}'"
+            + (f"; retired {', '.join(retired)}" if retired else ""))
+    return {"url": url, "alias": alias, "version": version, "previous": previous, "changed": changed,
+            "retired": retired, "path": str(folder), "canary": canary}
+
+
+def _serve_canary(client: Client, alias: str, root: Path, canary_dir: Path, production: str, url: str,
+                  log: Callable[[str], None]) -> tuple:
+    """The canary's export staged like production's and loaded under its versioned name (never the alias), checked
+    to answer; on failure it is unloaded and production keeps serving. Returns (its name, its folder)."""
+    serving = _read_serving(canary_dir)
+    version = serving["version"]
+    if version == production:
+        raise ServingError(f"{canary_dir} holds {version}, which is production: not a canary")
+    folder, name = _stage(canary_dir, root / version, serving), versioned_name(alias, version)
+    loaded = client.adapters()
+    if loaded.get(name) == str(folder):
+        _answers(client, name)
+        return name, folder
+    try:
+        client.load(name, str(folder), inplace=name in loaded)
+        _answers(client, name)
+    except ServingError as err:
         try:
-            _swap(client, loaded, alias, name, str(folder), previous, url, log)
+            client.unload(name)
         except ServingError:
-            _drop_unused(client, folder)
-            raise
-        retired = _retire(client, client.adapters(), alias, name, root, folder)
-    log(f"serve: {url} now answers '{alias}' with {version} (was {previous or 'none'}); "
-        f"retired {', '.join(retired) or 'nothing'}")
-    return {"url": url, "alias": alias, "version": version, "previous": previous, "changed": True,
-            "retired": retired, "path": str(folder)}
+            pass
+        raise ServingError(f"{url}: the canary {name} could not be served ({err}); '{alias}' still serves "
+                           f"{production}") from err
+    log(f"serve: loaded the canary {name} from {folder} beside '{alias}'; it answers")
+    return name, folder
 
 
 def _swap(client: Client, loaded: dict, alias: str, name: str, folder: str, previous: Optional[str], url: str,
@@ -175,16 +216,16 @@ def _answers(client: Client, model: str) -> None:
         raise ServingError(f"'{model}' returned no tokens")
 
 
-def _retire(client: Client, loaded: dict, alias: str, keep: str, root: Path, folder: Path) -> list:
-    """Step 4: unload the other `alias-vNNNN` names and delete the folders nothing served still uses."""
+def _retire(client: Client, loaded: dict, alias: str, keep: set, root: Path, folders: set) -> list:
+    """Step 4: unload the `alias-vNNNN` names not in `keep` and delete the folders nothing served still uses."""
     pattern = re.compile(rf"^{re.escape(alias)}-v\d+$")
     retired = []
-    for other in sorted(n for n in loaded if pattern.match(n) and n != keep):
+    for other in sorted(n for n in loaded if pattern.match(n) and n not in keep):
         client.unload(other)
         retired.append(other)
     in_use = set(client.adapters().values())
     for stale in root.iterdir():  # only what _stage writes: vNNNN and its staging folders
-        if stale.is_dir() and STAGED_RE.match(stale.name) and stale != folder and str(stale) not in in_use:
+        if stale.is_dir() and STAGED_RE.match(stale.name) and stale not in folders and str(stale) not in in_use:
             shutil.rmtree(stale, ignore_errors=True)
     return retired
 

@@ -167,16 +167,22 @@ def export_production(config: ThumbsConfig) -> Optional[dict]:
                                f"{current.get('version') or 'nothing'}: the next run exports it again, or run "
                                f"`thumbs export production --registry {registry.url} --name {registry.name} "
                                f"--format {settings.format} --out {out}`") from err
+    canary = None
+    if settings.format == "peft":  # a running canary beside it (<out>.canary); an ended one's export removed
+        from deploy.canary import export_canary
+
+        canary = export_canary(registry, out, base_model=config.run.base_model, max_lora_rank=settings.max_lora_rank,
+                               protect=[config.path(p) for p in ("lake", "snapshots", "runs")], log=_log())
     if settings.notify:  # every run, not only after an export: a server that missed the last one catches up
-        return dict(exported or {}, served=_notify_server(settings, out, production, registry))
+        return dict(exported or {}, served=_notify_server(settings, out, production, registry, canary))
     return exported
 
 
-def _notify_server(settings: ExportConfig, out: Path, production: str, registry) -> dict:
+def _notify_server(settings: ExportConfig, out: Path, production: str, registry, canary: Optional[Path]) -> dict:
     from deploy.serving import ServingError, publish
 
     try:
-        return publish(settings.notify, out, alias=settings.notify_alias, log=_log())
+        return publish(settings.notify, out, alias=settings.notify_alias, canary_dir=canary, log=_log())
     except ServingError as err:
         raise RuntimeError(f"notify failed: {err}. Production is {production} in the registry and exported to "
                            f"{out}; the next run notifies again, or run `thumbs export production --registry "

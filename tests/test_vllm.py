@@ -57,12 +57,12 @@ def runs(tmp_path_factory, style_snapshot, tiny_llama) -> dict:
     return {name: root / name for name in configs}
 
 
-def register(adapter: Path, registry: Registry, snapshot: Path, tmp_path: Path) -> str:
+def register(adapter: Path, registry: Registry, snapshot: Path, tmp_path: Path, policy: PromotionPolicy = LENIENT) -> str:
     """Evaluate against production and promote (lenient policy: the versions differ, both pass)."""
     adapter = Path(shutil.copytree(adapter, tmp_path / f"{adapter.name}-{len(registry.versions())}"))
     evaluate_candidate(adapter, snapshot, registry, config=EvalConfig(generation_prompts=2, max_new_tokens=8,
                                                                       resamples=50), log=lambda s: None)
-    return promote(adapter, registry, LENIENT, log=lambda s: None)["version"]
+    return promote(adapter, registry, policy, log=lambda s: None)["version"]
 
 
 def close(a: list, b: list, atol: float = 2e-3) -> bool:
@@ -141,6 +141,47 @@ def test_notify_swaps_production_into_the_server_and_rollback_swaps_it_back(runs
     assert json.loads((out / "serving.json").read_text())["version"] == wide  # the export itself stands
     assert is_version(answers("thumbs"), first) and versioned_name("thumbs", wide) not in client.adapters()
     assert sorted(p.name for p in (out.parent / "lora.versions").iterdir() if p.is_dir()) == [first]
+
+
+def test_a_canary_is_served_beside_production_routed_by_user_and_its_rollback_unloads_it(
+        runs, style_snapshot, tiny_llama, vllm_server, tmp_path):
+    """rollout: canary. One `thumbs export production --notify` serves production and the canary under their
+    versioned names; the canary's serving.json states its share and salt; a request routed by
+    deploy.rollout.assign gets its arm's adapter, token for token; `thumbs canary stop --notify` unloads the
+    canary and removes its export, and production keeps answering."""
+    import dataclasses
+
+    from deploy.rollout import assign
+    from evaluation.canary import CanaryPolicy
+
+    registry, out, url = Registry(tmp_path / "registry"), tmp_path / "serve" / "lora", vllm_server.url
+    client, prompts = Client(url), prompts_for(tiny_llama, QUESTIONS[:1])
+    production = register(runs["first"], registry, style_snapshot, tmp_path)
+    canary = register(runs["second"], registry, style_snapshot, tmp_path,
+                      dataclasses.replace(LENIENT, rollout="canary", canary=CanaryPolicy(share=0.5)))
+    assert (registry.aliases()["production"], registry.aliases()["canary"]["version"]) == (production, canary)
+
+    thumbs("export", "production", "--registry", registry.url, "--out", out, "--notify", url)
+    loaded = client.adapters()
+    assert {"thumbs", versioned_name("thumbs", production), versioned_name("thumbs", canary)} <= set(loaded)
+    arms = json.loads((out.parent / "lora.canary" / "serving.json").read_text())
+    assert arms["version"] == canary and arms["canary"]["share"] == 0.5
+    assert arms["canary"]["salt"] == registry.aliases()["canary"]["salt"] and arms["canary"]["against"] == production
+
+    expected = {v: reference(tiny_llama, registry.path("versions", v), prompts, N_TOKENS)["tokens"]
+                for v in (production, canary)}
+    assert expected[production] != expected[canary]  # the two arms answer differently
+    users = {assign(f"user-{i}", arms["canary"]["salt"], 0.5): f"user-{i}" for i in range(40)}  # one user per arm
+    for arm, user in sorted(users.items()):
+        model = versioned_name("thumbs", canary if assign(user, arms["canary"]["salt"], 0.5) == "canary" else production)
+        assert served(client, model, prompts, N_TOKENS)["tokens"] == expected[canary if arm == "canary" else production]
+    assert set(users) == {"canary", "production"}
+
+    result = thumbs("canary", "stop", "--registry", registry.url, "--notify", url, "--out", out)
+    assert f"retired {versioned_name('thumbs', canary)}" in result.output
+    assert versioned_name("thumbs", canary) not in client.adapters() and not (out.parent / "lora.canary").exists()
+    assert served(client, "thumbs", prompts, N_TOKENS)["tokens"] == expected[production]
+    assert registry.aliases()["production"] == production and registry.aliases()["canary"] is None
 
 
 def peft_adapter(base: Path, out: Path, **lora) -> Path:
