@@ -26,7 +26,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 
-.PHONY: demo test test-deps ui lab bench-ingest bench-curate bench-train bench-vllm vllm-venv gpu-wheels gpu-check gpu-dry-run clean
+.PHONY: demo test test-deps ui lab lab-canary bench-ingest bench-curate bench-train bench-vllm vllm-venv gpu-wheels gpu-check gpu-dry-run clean
 
 demo: $(STAMP)
 	$(PY) -m flows.demo
@@ -61,6 +61,10 @@ ui: $(STAMP)
 # make lab LAB_ARGS="--arms poisoning --seeds 3 --nights 1 --events 60"
 lab: $(STAMP)
 	$(PY) benchmarks/quality.py $(LAB_ARGS)
+
+# A canary release in the lab's world (benchmarks/canary.py): a good candidate promoted, a poisoned one rolled back.
+lab-canary: $(STAMP)
+	$(PY) benchmarks/canary.py $(LAB_ARGS)
 
 bench-ingest: $(STAMP)
 	$(PY) benchmarks/ingest.py --record

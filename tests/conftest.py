@@ -45,10 +45,13 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def hh_snapshot(tmp_path_factory) -> Path:
-    """A real snapshot (ingest + Beam curate) of the first 100 HH-RLHF pairs: ~200 thumbs-up/down events."""
+    """A real snapshot (ingest + Beam curate) of the first 100 HH-RLHF pairs: ~200 thumbs-up/down events, 5% of the
+    prompts held out (`eval_examples: 0`: the training tests' expected counts and tolerances were worked out on
+    this split; the default holdout, a quarter of so small a window, is tested in test_curate_transforms.py)."""
     import gzip
 
     from ingest.curate.pipeline import curate
+    from ingest.curate.rules import CurateConfig
     from ingest.intake.job import IngestConfig, ingest
 
     root = tmp_path_factory.mktemp("hh")
@@ -57,7 +60,7 @@ def hh_snapshot(tmp_path_factory) -> Path:
     source = root / "hh-100.jsonl"
     source.write_text("".join(lines))
     ingest([source], root / "lake", IngestConfig(format="hh", insecure_dev_key=True), progress=False)
-    return Path(curate(root / "lake", root / "snapshots")["path"])
+    return Path(curate(root / "lake", root / "snapshots", config=CurateConfig(eval_examples=0))["path"])
 
 
 STYLE_UP = "Sure, happy to help! Here is what I would do."
