@@ -140,11 +140,13 @@ def canary_folder(out: Union[str, Path]) -> Path:
 
 
 def export_canary(registry: Registry, out: Union[str, Path], *, base_model: Optional[str] = None,
-                  max_lora_rank: Optional[int] = None, protect=(), log: Callable[[str], None] = print) -> Optional[Path]:
+                  max_lora_rank: Optional[int] = None, for_vllm: bool = True, protect=(),
+                  log: Callable[[str], None] = print) -> Optional[Path]:
     """Export the running canary (peft, for vLLM) to `canary_folder(out)` unless it holds it already, its serving.json
     stating the share, salt and assignment rule; returns the folder. With no canary running, an earlier canary's
     export there is removed (an application reading it would route users to an adapter no longer served), and
-    None is returned."""
+    None is returned. `for_vllm`: the export feeds a vLLM server (bases vLLM serves without LoRA refused, as for
+    production's export)."""
     from deploy.export import export, holds, remove_export, serving_record
 
     folder, canary = canary_folder(out), registry.aliases()["canary"]
@@ -155,5 +157,5 @@ def export_canary(registry: Registry, out: Union[str, Path], *, base_model: Opti
     current = serving_record(folder)
     if not holds(current, registry, canary["version"], "peft") or current.get("canary", {}).get("salt") != canary["salt"]:
         export(registry, canary["version"], "peft", folder, base_model=base_model, max_lora_rank=max_lora_rank,
-               for_vllm=True, protect=protect, log=log)
+               for_vllm=for_vllm, protect=protect, log=log)
     return folder

@@ -172,6 +172,7 @@ def export_production(config: ThumbsConfig) -> Optional[dict]:
         from deploy.canary import export_canary
 
         canary = export_canary(registry, out, base_model=config.run.base_model, max_lora_rank=settings.max_lora_rank,
+                               for_vllm=bool(settings.notify),
                                protect=[config.path(p) for p in ("lake", "snapshots", "runs")], log=_log())
     if settings.notify:  # every run, not only after an export: a server that missed the last one catches up
         return dict(exported or {}, served=_notify_server(settings, out, production, registry, canary))

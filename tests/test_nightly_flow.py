@@ -102,6 +102,8 @@ def test_a_canary_release_is_settled_first_thing_each_night(harness, feedback, t
     assert (aliases["production"], aliases["canary"]["version"]) == ("v0001", "v0002")
     serving = json.loads((workdir / "serving" / "serving.json").read_text())
     assert serving["version"] == "v0001"  # production serves; the canary arm is the application's to route
+    arms = json.loads((workdir / "serving.canary" / "serving.json").read_text())  # exported beside it, for the router
+    assert arms["version"] == "v0002" and arms["canary"]["share"] == 0.5 and arms["canary"]["against"] == "v0001"
 
     votes.parent.mkdir()
     canary_votes(votes, registry, {"production": 0.6, "canary": 0.2}, users=400)
