@@ -153,7 +153,7 @@ def _lengths(lengths: dict, name: str) -> Optional[dict]:
 def _adapter_result(name, adapters, metas, scores, encoded, lengths, suite_scores, config) -> dict:
     meta, s = metas[name], scores[name]
     beta = meta["config"]["beta"]
-    rewards = beta * (s["policy_logps"] - s["reference_logps"])
+    rewards = _implied_rewards(scores, metas, name)
     tokens = np.maximum(s["tokens"], 1)
     return {
         "adapter": str(adapters[name]), "snapshot_id": meta.get("snapshot_id"), "beta": beta,
@@ -166,10 +166,14 @@ def _adapter_result(name, adapters, metas, scores, encoded, lengths, suite_score
     }
 
 
+def _implied_rewards(scores: dict, metas: dict, name: str) -> np.ndarray:
+    """β·(log πθ − log πref) of adapter `name` on each eval row, β its own training's."""
+    return metas[name]["config"]["beta"] * (scores[name]["policy_logps"] - scores[name]["reference_logps"])
+
+
 def _paired(scores: dict, metas: dict, desirable: np.ndarray, config: EvalConfig) -> dict:
     """Candidate minus production on the same eval rows: the AUC difference and its paired bootstrap interval."""
-    rewards = {name: metas[name]["config"]["beta"] * (scores[name]["policy_logps"] - scores[name]["reference_logps"])
-               for name in (CANDIDATE, INCUMBENT)}
+    rewards = {name: _implied_rewards(scores, metas, name) for name in (CANDIDATE, INCUMBENT)}
     difference = roc_auc(rewards[CANDIDATE], desirable) - roc_auc(rewards[INCUMBENT], desirable)
     interval = paired_bootstrap_difference(roc_auc, rewards[CANDIDATE], rewards[INCUMBENT], desirable,
                                            resamples=config.resamples, seed=config.seed)
