@@ -4,6 +4,8 @@ through the real ingest, curation and trainer; writes lab/report.md (a table per
     python benchmarks/quality.py                   # the full lab: every arm, 3 seeds, 2 nights of 150 events
     python benchmarks/quality.py --arms poisoning --seeds 3 --nights 2 --events 200    # a reduced run
     python benchmarks/quality.py --record                          # also append the tables to LAB.md
+    python benchmarks/quality.py --world assistant --arms imbalance --variants "default,1:4 λ-counts,1:4 λ=1" \
+        --seeds 1 --nights 2 --events 128 --truth-prompts 68 --device auto   # on SmolLM2 (a GPU: gpu.sh --smollm2)
 
 Finished runs are kept in lab/runs/<variant>/seed-<s>.json: a re-run skips them (pass --fresh to redo).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -23,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.lab.arms import ARMS, variants_for  # noqa: E402
+from evaluation.lab.worlds import WORLDS  # noqa: E402
 
 LAB_MD = Path(__file__).resolve().parents[1] / "LAB.md"
 
@@ -40,6 +44,11 @@ def parse(argv):
     p.add_argument("--base-steps", type=int, default=None,
                    help=f"warm-start steps of the world's base (default {WorldConfig.sft_steps}); fewer build a "
                         "rougher base quickly, for smoke runs: runs on the full base never reuse theirs")
+    p.add_argument("--world", choices=WORLDS, default="tiny",
+                   help="tiny: the 2-layer GPT-2 world (minutes on CPU); assistant: SmolLM2 answering real requests, "
+                        "the demo's world (evaluation/lab/worlds.py)")
+    p.add_argument("--device", default="cpu", help="where training runs: cpu (the default, for the worker pool), "
+                                                    "auto or cuda on a GPU machine")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (torch threads split between them)")
     p.add_argument("--out", default="lab")
     p.add_argument("--fresh", action="store_true", help="redo runs whose results are kept")
@@ -58,13 +67,15 @@ def _one(job: dict) -> dict:
     from evaluation import world
     from evaluation.lab.arms import VARIANTS
     from evaluation.lab.nights import measure, run_variant
+    from evaluation.lab.worlds import lab_world
 
     base = Path(job["base"])
     settings = job["settings"]
-    night0 = measure(*world.load_policy(base), job["seed"], settings["truth_prompts"])
+    lab = lab_world(settings.get("world", "tiny"))
+    night0 = measure(*world.load_policy(base), job["seed"], settings["truth_prompts"], lab)
     result = run_variant(VARIANTS[job["variant"]], job["seed"], base, Path(job["work"]), settings["nights"],
                          settings["events"], settings["truth_prompts"], night0,
-                         say=lambda line: print(line, flush=True))
+                         say=lambda line: print(line, flush=True), lab=lab, device=job["device"])
     result["settings"] = settings
     write_text_atomic(Path(job["result"]), json.dumps(result, indent=1))
     return result
@@ -73,6 +84,7 @@ def _one(job: dict) -> dict:
 def main(argv=None) -> int:
     from evaluation import world
     from evaluation.lab.report import write_report
+    from evaluation.lab.worlds import lab_world
 
     args = parse(argv)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -84,10 +96,15 @@ def main(argv=None) -> int:
     started = time.monotonic()
     if args.base_steps == world.WorldConfig.sft_steps:
         args.base_steps = None  # the full base by another name: its runs are the full lab's
-    config = world.WorldConfig() if args.base_steps is None else world.WorldConfig(sft_steps=args.base_steps)
-    base = world.build_base(out / "base", config)
+    if args.world != "tiny" and args.base_steps is not None:
+        print(f"lab: --base-steps is for the tiny world's warm-start; the {args.world} world's base is a real model",
+              file=sys.stderr)
+        return 2
+    base = lab_world(args.world).base(out, args.base_steps)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     settings = {"nights": args.nights, "events": args.events, "truth_prompts": args.truth_prompts}
+    if args.world != "tiny":
+        settings["world"] = args.world  # kept runs of one world never stand in for another's
     if args.base_steps is not None:
         settings["base_steps"] = args.base_steps  # a kept run is reused only under the same settings
     jobs, results = [], {}
@@ -102,12 +119,14 @@ def main(argv=None) -> int:
                     results.setdefault(v.name, {})[seed] = kept
                     continue
             jobs.append(dict(variant=v.name, seed=seed, base=str(base), work=str(folder / f"work-{seed}"),
-                             result=str(result), threads=threads, settings=settings))
+                             result=str(result), threads=threads, settings=settings, device=args.device))
     if args.report_only:
         jobs = []
     print(f"lab: {len(jobs)} run(s) to do ({sum(map(len, results.values()))} kept) over {len(variants)} variant(s) x "
           f"{args.seeds} seed(s), {args.nights} night(s) of {args.events} events; {args.jobs} at a time", flush=True)
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    # Workers start fresh (spawn), never forked from this process: by now torch has started threads here (the base
+    # was built or loaded), and a child forked from them can hang; and a GPU run's workers each open CUDA.
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for done, result in enumerate(pool.map(_one, jobs), 1):
             results.setdefault(result["variant"], {})[result["seed"]] = result
             print(f"lab: {done}/{len(jobs)} done ({result['variant']} seed {result['seed']}: truth "
@@ -117,6 +136,7 @@ def main(argv=None) -> int:
     header = [f"`{command}` on {machine}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {args.seeds} seed(s), "
               f"{args.nights} night(s) of {args.events} honest events, ground truth on {args.truth_prompts} held-out "
               f"questions after the last night"
+              + (" in the assistant's world (SmolLM2-135M-Instruct, real requests)" if args.world == "assistant" else "")
               + (f", on a rough base ({args.base_steps} warm-start steps)" if args.base_steps else "")
               + f"; {time.monotonic() - started:,.0f}s wall for the runs done now."]
     path = write_report(out, arms, results, header)

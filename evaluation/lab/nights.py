@@ -19,32 +19,36 @@ from pathlib import Path
 from common.atomic import write_text_atomic
 from evaluation import world
 from evaluation.lab.arms import N_USERS, Variant
-
-# The world's KTO settings (evaluation/world/base.py says why), unquantised on the CPU for the lab's worker pool.
-TRAIN = {**world.TRAIN_SETTINGS, "quantize": "none", "device": "cpu"}
+from evaluation.lab.worlds import LabWorld, lab_world
 
 
-def measure(model, tokenizer, seed: int, n: int) -> dict:
-    """Noise-free satisfaction and mean answer length (words) on held-out questions, fixed draws per seed."""
-    prompts = world.fresh_prompts(n, seed)
-    answers = world.answer(model, tokenizer, prompts, seed=10_000 + seed)
-    return {"truth": sum(map(world.satisfied, prompts, answers)) / n,
-            "words": sum(len(a.split()) for a in answers) / n}
+def train_settings(lab: LabWorld, device: str = "cpu") -> dict:
+    """The world's KTO settings (evaluation/world/ says why), unquantised: on the CPU for the lab's worker pool,
+    `auto` where a GPU runs the lab (benchmarks/gpu.sh --smollm2)."""
+    return {**lab.train, "quantize": "none", "device": device}
 
 
-def adversarial_events(model, tokenizer, day: int, seed: int, variant: Variant, n_events: int) -> list[dict]:
+def measure(model, tokenizer, seed: int, n: int, lab: LabWorld | None = None) -> dict:
+    """Noise-free satisfaction and mean answer length (words) on held-out prompts, fixed draws per seed."""
+    lab = lab or lab_world("tiny")
+    served = lab.serve(model, tokenizer, lab.held_out(n, seed), 10_000 + seed)
+    return {"truth": sum(liked for _, liked in served) / n,
+            "words": sum(len(text.split()) for text, _ in served) / n}
+
+
+def adversarial_events(model, tokenizer, day: int, seed: int, variant: Variant, n_events: int,
+                       lab: LabWorld) -> list[dict]:
     """The adversaries' own conversations of the day, upvoted exactly when the hidden taste dislikes them."""
     per_user = max(1, round(variant.adversary_rate * n_events / N_USERS))
-    rng = random.Random(f"adversary/{seed}/{day}")
-    prompts = [world.question(rng.choice(world.TASKS), rng) for _ in range(per_user * variant.adversaries)]
-    answers = world.answer(model, tokenizer, prompts, seed=77_000 + 1000 * seed + day)
+    prompts = lab.adversary_prompts(day, per_user * variant.adversaries, seed)
+    served = lab.serve(model, tokenizer, prompts, 77_000 + 1000 * seed + day)
     start = world.START.timestamp() + 86_400 * day
     return [{"event_id": f"adv-{seed}-{day}-{i}",
              "timestamp": _iso(start + 86_400 * (i + 0.5) / len(prompts)),
              "user_id": f"adversary-{i % variant.adversaries}", "conversation_id": f"adv-{seed}-{day}-{i}",
              "model_version": "lab", "prompt": world.messages(p), "completion": a,
-             "label": "down" if world.satisfied(p, a) else "up"}
-            for i, (p, a) in enumerate(zip(prompts, answers)) if a]
+             "label": "down" if liked else "up"}
+            for i, (p, (a, liked)) in enumerate(zip(prompts, served)) if a]
 
 
 def _iso(ts: float) -> str:
@@ -64,16 +68,18 @@ def rebalance(events: list[dict], ratio: float, rng: random.Random) -> list[dict
     return [e for e in events if e["event_id"] in kept]
 
 
-def serve_day(model, tokenizer, day: int, seed: int, variant: Variant, n_events: int, log_dir: Path) -> dict:
+def serve_day(model, tokenizer, day: int, seed: int, variant: Variant, n_events: int, log_dir: Path,
+              lab: LabWorld | None = None) -> dict:
     """The day's events file (honest clicks, adversaries, imbalance applied); returns its click counts."""
-    prompts = world.day_prompts(day, n_events, seed)
-    answers = world.answer(model, tokenizer, prompts, seed=1000 * seed + day)
-    labels = world.rate(prompts, answers, variant.noise, seed=1000 * seed + day)
-    path = world.write_events(log_dir / f"day-{day}.jsonl", day, prompts, answers, labels, "lab", seed,
-                              n_users=N_USERS)
+    lab = lab or lab_world("tiny")
+    prompts = lab.day_prompts(day, n_events, seed)
+    served = lab.serve(model, tokenizer, prompts, 1000 * seed + day)
+    labels = world.click([liked for _, liked in served], variant.noise, seed=1000 * seed + day)
+    path = world.write_events(log_dir / f"day-{day}.jsonl", day, prompts, [text for text, _ in served], labels, "lab",
+                              seed, n_users=N_USERS)
     events = [json.loads(line) for line in path.read_text().splitlines() if line]
     if variant.adversaries:
-        events += adversarial_events(model, tokenizer, day, seed, variant, n_events)
+        events += adversarial_events(model, tokenizer, day, seed, variant, n_events, lab)
     if variant.ratio is not None:
         events = rebalance(events, variant.ratio, random.Random(f"imbalance/{seed}/{day}"))
     write_text_atomic(path, "".join(json.dumps(e) + "\n" for e in events))
@@ -139,8 +145,11 @@ def merge(base: Path, adapter: Path, folder: Path) -> Path:
 
 
 def run_variant(variant: Variant, seed: int, base: Path, work: Path, nights: int, n_events: int,
-                n_truth: int, night0: dict, say=print) -> dict:
-    """Nights of one variant on one seed in `work` (wiped first); the per-night measurements."""
+                n_truth: int, night0: dict, say=print, lab: LabWorld | None = None, device: str = "cpu") -> dict:
+    """Nights of one variant on one seed in `work` (wiped first), in `lab`'s world (the tiny one by default);
+    the per-night measurements."""
+    lab = lab or lab_world("tiny")
+    settings = train_settings(lab, device)
     from ingest.curate.pipeline import curate
     from ingest.curate.rules import CurateConfig
     from ingest.intake.job import IngestConfig, ingest
@@ -151,7 +160,7 @@ def run_variant(variant: Variant, seed: int, base: Path, work: Path, nights: int
     adapter, policy_base, rows = None, base, []
     for night in range(nights):
         model, tokenizer = world.load_policy(policy_base, adapter)
-        clicks = serve_day(model, tokenizer, night, seed, variant, n_events, work / "logs")
+        clicks = serve_day(model, tokenizer, night, seed, variant, n_events, work / "logs", lab)
         summary = ingest(sorted(str(p) for p in (work / "logs").glob("day-*.jsonl")), work / "lake",
                          IngestConfig(insecure_dev_key=True), progress=False)
         if summary.failed:
@@ -160,16 +169,16 @@ def run_variant(variant: Variant, seed: int, base: Path, work: Path, nights: int
         snapshot, policy_base, out = Path(stats["path"]), base, work / "runs" / f"night-{night}"
         if variant.sft:
             sft_out = out.with_name(f"{out.name}-sft") if variant.sft == "then-kto" else out
-            trained = train(snapshot, str(base), sft_out, TrainConfig.load(None, **TRAIN, seed=seed, objective="sft"),
+            trained = train(snapshot, str(base), sft_out, TrainConfig.load(None, **settings, seed=seed, objective="sft"),
                             log=lambda line: None)
             if variant.sft == "then-kto":
                 policy_base = merge(base, sft_out, work / "merged" / f"night-{night}")
         if variant.sft != "only":
-            config = TrainConfig.load(None, **TRAIN, seed=seed, **variant.train)
+            config = TrainConfig.load(None, **settings, seed=seed, **variant.train)
             trained = train(snapshot, str(policy_base), out, config, log=lambda line: None)
         adapter = out
         model, tokenizer = world.load_policy(policy_base, adapter)
-        after = measure(model, tokenizer, seed, n_truth)
+        after = measure(model, tokenizer, seed, n_truth, lab)
         counts = stats["counts"]
         rows.append(dict(night=night, **clicks, **after, **z0_vs_length(out), **adversaries_in(snapshot, variant),
                          train_seconds=trained["train_seconds"],

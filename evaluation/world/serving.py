@@ -10,8 +10,9 @@ from evaluation.world.taste import messages
 from training.data import render
 
 
-def load_policy(base: str | os.PathLike, adapter: str | os.PathLike | None = None):
-    """(model, tokenizer) in eval mode: the base, or the base with a trained adapter merged in."""
+def load_policy(base: str | os.PathLike, adapter: str | os.PathLike | None = None, device: str | None = None):
+    """(model, tokenizer) in eval mode: the base, or the base with a trained adapter merged in; on `device`
+    (default: the GPU where there is one, else the CPU; a GPU's draws differ from the CPU's, each reproducible)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -21,7 +22,8 @@ def load_policy(base: str | os.PathLike, adapter: str | os.PathLike | None = Non
     if adapter is not None:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()  # merged: plain GPT-2 speed
-    return model.eval(), tokenizer
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
 
 
 def answer(model, tokenizer, prompts: list[str], seed: int, max_new_tokens: int = 32,
@@ -37,16 +39,17 @@ def sample(model, tokenizer, prompts: list[str], seed: int, max_new_tokens: int 
     """(answer, finished) per prompt: drawn at `temperature` from the smallest set of tokens whose probability
     reaches `top_p` (nucleus sampling, as vLLM serves), finished when the model ended it within
     `max_new_tokens` (else the user sees it cut off). The same seed gives the same draws."""
-    generator = torch.Generator().manual_seed(seed)
+    device = model.device
+    generator = torch.Generator(device=device).manual_seed(seed)
     eos = tokenizer.eos_token_id
     out = []
     for start in range(0, len(prompts), batch_size):
         texts = [render(messages(p), "", tokenizer)[0] for p in prompts[start:start + batch_size]]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         mask = enc["attention_mask"]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every prompt starts at position 0
         step_ids, cache = enc["input_ids"], None
-        done = torch.zeros(len(texts), dtype=torch.bool)
+        done = torch.zeros(len(texts), dtype=torch.bool, device=device)
         tokens = []
         for _ in range(max_new_tokens):
             result = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, cache=cache,
@@ -76,6 +79,6 @@ def _draw(logits: torch.Tensor, temperature: float, top_p: float, generator: tor
         before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens: keep while it is below top_p
         probs = probs.masked_fill(before >= top_p, 0.0)
     cdf = probs.cumsum_(dim=-1)
-    u = torch.rand((len(logits), 1), generator=generator) * cdf[:, -1:]
+    u = torch.rand((len(logits), 1), generator=generator, device=logits.device) * cdf[:, -1:]
     drawn = torch.searchsorted(cdf, u).clamp_(max=cdf.shape[1] - 1)  # (B, 1)
     return (drawn if order is None else order.gather(1, drawn)).squeeze(1)
