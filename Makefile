@@ -26,7 +26,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 
-.PHONY: demo test test-deps ui lab lab-canary bench-ingest bench-curate bench-train bench-vllm vllm-venv gpu-wheels gpu-check gpu-dry-run clean
+.PHONY: demo test test-deps ui lab lab-canary bench-ingest bench-curate bench-train bench-vllm vllm-venv gpu-wheels gpu-bundle gpu-check gpu-dry-run clean
 
 demo: $(STAMP)
 	$(PY) -m flows.demo
@@ -81,10 +81,11 @@ bench-vllm: $(STAMP) $(VLLM_STAMP)
 vllm-venv: $(VLLM_STAMP)
 
 # The GPU check (benchmarks/gpu.sh). The GPU machine has torch, transformers, peft and accelerate but no
-# internet and no bitsandbytes, trl or liger-kernel: gpu-wheels puts their cp312 manylinux wheels (and the
-# datasets/dill/multiprocess that trl needs) into the git-ignored .whl/ (~46 MB; the data the run reads is in the
+# internet and no bitsandbytes, trl, liger-kernel or pydantic: gpu-wheels puts their cp312 manylinux wheels (and the
+# datasets/dill/multiprocess that trl needs) into the git-ignored .whl/ (~48 MB; the data the run reads is in the
 # repository, ~13.6 MB, under the 64 MiB that travels); the run is then `bash benchmarks/gpu.sh` with `.whl` carried.
-GPU_WHEELS := bitsandbytes==0.50.2 trl==1.16.0 liger-kernel==0.8.5 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+GPU_WHEELS := bitsandbytes==0.50.2 trl==1.16.0 liger-kernel==0.8.5 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
+	pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
 GPU_PLATFORMS := $(foreach n,28 27 24 17,--platform manylinux_2_$(n)_x86_64) --platform manylinux2014_x86_64 \
 	--platform manylinux1_x86_64 --platform any
 GPU_PIP := $(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m pip
@@ -95,6 +96,11 @@ gpu-wheels:
 		$(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)
 	rm -rf .whl/shared  # the data .whl/ held before it moved into the repository
 	du -sh .whl
+
+# `gpu.sh --smollm2` (the demo and the lab's key arms on SmolLM2) needs thumbs' whole stack and SmolLM2 there:
+# gpu-bundle packs them into .gpu-carry/1..N, parts the device tool carries one a call (benchmarks/gpu_bundle.py).
+gpu-bundle: $(STAMP)
+	$(PY) benchmarks/gpu_bundle.py
 
 gpu-check:
 	bash benchmarks/gpu.sh

@@ -13,10 +13,19 @@
 #
 #   bash benchmarks/gpu.sh              # on a CUDA machine; under 8 minutes on an H100/H200
 #   bash benchmarks/gpu.sh --dry-run    # the same stages on the CPU with tiny models, in about 2 minutes
+#   bash benchmarks/gpu.sh --smollm2    # the real model instead: the demo, then the lab's key arms on SmolLM2
+#
+# --smollm2 (issue 28) writes gpu.log, env.txt, demo.log (`make demo` on SmolLM2-135M-Instruct: the nightly table
+# and the gain), lab.log and lab-smollm2.md/.png (the imbalance and poisoning arms in the assistant's world:
+# default, 1:4 with λ from counts and with λ=1, 1% adversaries without and with the vote cap; 1 seed, 2 nights of
+# 128 requests, 5 runs side by side). It needs thumbs' own stack and SmolLM2 on the machine: `make gpu-bundle`
+# packs them into .gpu-carry/1..4 (162 MB, git-ignored; benchmarks/gpu_bundle.py says how), carried one part a
+# call. Its dry run (--smollm2 --dry-run) runs the tiny world's demo for one night and one small assistant-world
+# lab run on the CPU, in about 5 minutes.
 #
 # Options: --out DIR, --skip-tests, --skip-bench. The GPU machine has torch, transformers, peft and accelerate
-# but not bitsandbytes, trl or liger-kernel: `make gpu-wheels` (here, with internet) puts their cp312 wheels
-# under .whl/ (git-ignored, ~46 MB), and this script installs them from there into /tmp/thumbs-site. The data
+# but not bitsandbytes, trl, liger-kernel or pydantic: `make gpu-wheels` (here, with internet) puts their cp312
+# wheels under .whl/ (git-ignored, ~48 MB), and this script installs them from there into /tmp/thumbs-site. The data
 # the run reads (HH-RLHF, the GPT-2 tokenizer) is in the repository. The dry run uses the local environment
 # ($PYTHON, else .venv/bin/python, else python3).
 #
@@ -25,16 +34,18 @@
 #   carry:   [".whl"]
 #   timeout_s: 600
 # then appends files_at/BENCHMARKS-gpu.md to BENCHMARKS.md and reads tests.log and profile-thumbs.txt.
+# For --smollm2: the calls `make gpu-bundle` prints (each part but the last with `command: true`, back to back).
 set -uo pipefail
 
-DRY=0 TESTS=1 BENCH=1 DEST="${OUT:-}"
+DRY=0 TESTS=1 BENCH=1 SMOL=0 DEST="${OUT:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
+    --smollm2) SMOL=1 ;;
     --skip-tests) TESTS=0 ;;
     --skip-bench) BENCH=0 ;;
     --out) DEST="$2"; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -52,7 +63,7 @@ START=$SECONDS
 say() { printf '[gpu.sh %4ds] %s\n' "$((SECONDS - START))" "$*"; }
 
 # The wheels the GPU image lacks, by name (one version of each; `make gpu-wheels` downloads them).
-WHEELS="bitsandbytes trl liger_kernel datasets dill multiprocess"
+WHEELS="bitsandbytes trl liger_kernel datasets dill multiprocess pydantic pydantic_core annotated_types typing_inspection"
 
 install_wheels() {
   local missing="" name
@@ -90,7 +101,7 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch
 if torch.cuda.is_available():
     print("device", torch.cuda.get_device_name(), torch.cuda.get_device_capability())
 for name in ("transformers", "peft", "accelerate", "bitsandbytes", "trl", "liger-kernel", "datasets", "triton",
-             "pyarrow", "fsspec", "safetensors", "numpy", "pytest"):
+             "pyarrow", "fsspec", "safetensors", "numpy", "pytest", "pydantic", "apache-beam", "prefect", "gguf"):
     try:
         print(name, md.version(name))
     except md.PackageNotFoundError:
@@ -120,6 +131,98 @@ run_bench() {
   return "$rc"
 }
 
+# Every import the run makes, before it starts: a package the image lacks is named at once, not minutes in.
+preflight() {
+  local imports="$1"
+  if "$PY" -c "$imports" >"$DEST/preflight.txt" 2>&1; then
+    say "preflight: imports ok"; rm -f "$DEST/preflight.txt"; return 0
+  fi
+  say "preflight: an import failed: $(tail -n 1 "$DEST/preflight.txt")"
+  say "preflight: a package the GPU image lacks: add its wheel (make gpu-wheels / make gpu-bundle) and carry it"
+  rm -f "$DEST/preflight.txt"
+  return 1
+}
+
+# The parts of `make gpu-bundle` that earlier calls carried (.gpu-carry/N/), put back together and installed.
+install_bundle() {
+  if [ "$DRY" = 1 ]; then
+    say "bundle: the dry run uses $PY's own packages"
+    return 0
+  fi
+  rm -rf /tmp/thumbs-bundle
+  "$PY" benchmarks/gpu_bundle.py --unpack .gpu-carry --into /tmp/thumbs-bundle || return 1
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/thumbs-site \
+    /tmp/thumbs-bundle/*.whl || { say "bundle: pip install failed"; return 1; }
+  export PYTHONPATH="/tmp/thumbs-site:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  say "bundle: installed $(ls /tmp/thumbs-bundle/*.whl | wc -l) wheels into /tmp/thumbs-site"
+}
+
+# `make demo` on SmolLM2 (the dry run: the tiny world, one night). It ran when its table and gain are printed;
+# a gain under the demo's +15 target is a result (reported), not a failure of the script.
+run_demo() {
+  say "demo: python -m flows.demo ($([ "$DRY" = 1 ] && echo 'THUMBS_DEMO_MODEL=tiny, 1 night' || echo 'SmolLM2'))"
+  local -a env=(THUMBS_DEMO_DIR=/tmp/thumbs-demo PREFECT_HOME=/tmp/thumbs-prefect PREFECT_SERVER_ANALYTICS_ENABLED=false)
+  [ "$DRY" = 1 ] && env+=(THUMBS_DEMO_MODEL=tiny THUMBS_DEMO_NIGHTS=1)
+  env "${env[@]}" timeout -k 10 "$DEMO_LIMIT" "$PY" -m flows.demo 2>&1 | tee "$DEST/demo.log" \
+    | grep --line-buffered -vE 'Warning|warnings.warn|it/s\]'
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 124 ] && say "demo: stopped after ${DEMO_LIMIT}s"
+  if grep -q '^ground truth: ' "$DEST/demo.log"; then
+    say "demo: $(grep '^ground truth: ' "$DEST/demo.log" | tail -n 1)"
+    return 0
+  fi
+  return 1
+}
+
+# The lab's key arms in the assistant's world (the dry run: one small run on the CPU).
+run_lab() {
+  local -a args
+  if [ "$DRY" = 1 ]; then
+    args=(--variants "poison-1%+caps" --seeds 1 --nights 1 --events 16 --truth-prompts 8 --device cpu --jobs 1)
+  else
+    args=(--variants "default,1:4 λ-counts,1:4 λ=1,poison-1%,poison-1%+caps" --seeds 1 --nights 2 --events 128
+          --truth-prompts 68 --device auto --jobs 5)
+  fi
+  say "lab: benchmarks/quality.py --world assistant --arms imbalance,poisoning ${args[*]}"
+  rm -rf /tmp/thumbs-lab
+  timeout -k 10 "$LAB_LIMIT" "$PY" benchmarks/quality.py --world assistant --arms imbalance,poisoning "${args[@]}" \
+    --out /tmp/thumbs-lab 2>&1 | tee "$DEST/lab.log" | grep --line-buffered -vE 'Warning|warnings.warn|it/s\]'
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 124 ] && say "lab: stopped after ${LAB_LIMIT}s"
+  [ -f /tmp/thumbs-lab/report.md ] && cp /tmp/thumbs-lab/report.md "$DEST/lab-smollm2.md"
+  [ -f /tmp/thumbs-lab/lab.png ] && cp /tmp/thumbs-lab/lab.png "$DEST/lab-smollm2.png"
+  return "$rc"
+}
+
+main_smollm2() {
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  if [ "$DRY" = 1 ]; then
+    PY="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
+    DEMO_LIMIT=420 LAB_LIMIT=360
+  else
+    PY="${PYTHON:-python3}"
+    DEMO_LIMIT=270 LAB_LIMIT=270
+  fi
+  say "mode --smollm2, $([ "$DRY" = 1 ] && echo 'dry run on the CPU' || echo GPU), output in $DEST"
+  if [ "$DRY" = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    say "no CUDA GPU visible to torch: run this on the GPU machine, or pass --dry-run"
+    return 2
+  fi
+  install_bundle || return 1
+  environment
+  preflight "import apache_beam, prefect, gguf, orjson, phonenumbers, pydantic
+import flows.demo, flows.nightly, ingest.curate.pipeline, training.trainer, evaluation.lab.nights
+from training.gguf import smollm2; smollm2()" || return 1
+  local status=0 demo lab
+  if run_demo; then demo="done"; else demo="FAILED"; status=1; fi
+  say "demo: $demo"
+  if run_lab; then lab="done"; else lab="FAILED"; status=1; fi
+  say "lab: $lab"
+  [ -f "$DEST/lab-smollm2.md" ] && sed -n '/^### /,$p' "$DEST/lab-smollm2.md"
+  say "summary: demo $demo ($(grep '^ground truth: ' "$DEST/demo.log" 2>/dev/null | tail -n 1)); lab $lab; files in $DEST: $(ls "$DEST" | tr '\n' ' ')"
+  return "$status"
+}
+
 main() {
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   if [ "$DRY" = 1 ]; then
@@ -140,6 +243,8 @@ main() {
   fi
   install_wheels || return 1
   environment
+  preflight "import pydantic, training.trainer, benchmarks.train
+import trl" || return 1
   local status=0 tests="skipped" bench="skipped"
   if [ "$TESTS" = 1 ]; then
     if run_tests; then tests="passed"; else tests="FAILED"; status=1; fi
@@ -154,5 +259,9 @@ main() {
   return "$status"
 }
 
-main 2>&1 | tee "$DEST/gpu.log"
+if [ "$SMOL" = 1 ]; then
+  main_smollm2 2>&1 | tee "$DEST/gpu.log"
+else
+  main 2>&1 | tee "$DEST/gpu.log"
+fi
 exit "${PIPESTATUS[0]}"

@@ -71,3 +71,20 @@ def test_without_a_gpu_the_real_run_refuses_and_names_the_dry_run(tmp_path):
     done = gpu_sh("--skip-tests", "--skip-bench", "--out", str(tmp_path / "out"), timeout=300)
     assert done.returncode == 2
     assert "no CUDA GPU" in done.stdout and "--dry-run" in done.stdout
+
+
+SMOLLM2_FILES = {"gpu.log", "env.txt", "demo.log", "lab.log", "lab-smollm2.md", "lab-smollm2.png"}
+
+
+def test_the_smollm2_dry_run_runs_the_demo_and_the_assistant_world_lab_and_writes_what_a_gpu_run_brings_back(tmp_path):
+    out = tmp_path / "out"
+    done = gpu_sh("--smollm2", "--dry-run", "--out", str(out), timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert {p.name for p in out.iterdir()} == SMOLLM2_FILES and all(p.is_file() for p in out.iterdir())
+    assert "preflight: imports ok" in done.stdout and "summary: demo done" in done.stdout and "lab done" in done.stdout
+    demo = (out / "demo.log").read_text()
+    assert re.search(r"^ground truth: [\d.]+% on night 0 -> [\d.]+% after night 0", demo, re.M), demo[-2000:]
+    report = (out / "lab-smollm2.md").read_text()
+    assert "in the assistant's world (SmolLM2-135M-Instruct, real requests)" in report
+    assert "| poison-1%+caps | 1 |" in report and "| default | 0 | not run |" in report
+    assert (out / "lab-smollm2.png").stat().st_size > 1000
