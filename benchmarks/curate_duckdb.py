@@ -68,9 +68,12 @@ def _thumbs_unit(keys: pa.Array) -> pa.Array:
 
 
 def duckdb_counts(files: list[str], config: CurateConfig, threads: int | None = None) -> dict[str, int]:
-    """The counts `curate` puts in stats.json, from one query (majority policy only)."""
+    """The counts `curate` puts in stats.json, from one query (majority policy only, vote caps off: they drop
+    nothing, and their counts are 0)."""
     if config.policy != "majority":
         raise ValueError("the DuckDB floor implements the majority policy only")
+    if config.max_user_share < 1.0 or config.max_example_votes:
+        raise ValueError("the DuckDB floor implements no vote caps (max_user_share, max_example_votes)")
     con = duckdb.connect()
     if threads:
         con.execute(f"SET threads = {int(threads)}")
@@ -91,6 +94,7 @@ def duckdb_counts(files: list[str], config: CurateConfig, threads: int | None = 
                              "dropped_empty", "dropped_too_long", "train", "train_desirable", "eval",
                              "eval_desirable")},
     }
+    counts.update(dropped_user_cap=0, dropped_example_cap=0)  # the caps are off (checked above)
     counts["train_undesirable"] = r["train"] - r["train_desirable"]
     counts["eval_undesirable"] = r["eval"] - r["eval_desirable"]
     return dict(sorted(counts.items()))
