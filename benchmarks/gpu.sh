@@ -160,9 +160,9 @@ install_bundle() {
 # `make demo` on SmolLM2 (the dry run: the tiny world, one night). It ran when its table and gain are printed;
 # a gain under the demo's +15 target is a result (reported), not a failure of the script.
 run_demo() {
-  say "demo: python -m flows.demo ($([ "$DRY" = 1 ] && echo 'THUMBS_DEMO_MODEL=tiny, 1 night' || echo 'SmolLM2'))"
+  say "demo: python -m flows.demo ($([ "$DRY" = 1 ] && echo 'THUMBS_DEMO_MODEL=tiny, 1 night of 120 requests' || echo 'SmolLM2'))"
   local -a env=(THUMBS_DEMO_DIR=/tmp/thumbs-demo PREFECT_HOME=/tmp/thumbs-prefect PREFECT_SERVER_ANALYTICS_ENABLED=false)
-  [ "$DRY" = 1 ] && env+=(THUMBS_DEMO_MODEL=tiny THUMBS_DEMO_NIGHTS=1)
+  [ "$DRY" = 1 ] && env+=(THUMBS_DEMO_MODEL=tiny THUMBS_DEMO_NIGHTS=1 THUMBS_DEMO_EVENTS=120)
   env "${env[@]}" timeout -k 10 "$DEMO_LIMIT" "$PY" -m flows.demo 2>&1 | tee "$DEST/demo.log" \
     | grep --line-buffered -vE 'Warning|warnings.warn|it/s\]'
   local rc=${PIPESTATUS[0]}
@@ -178,7 +178,7 @@ run_demo() {
 run_lab() {
   local -a args
   if [ "$DRY" = 1 ]; then
-    args=(--variants "poison-1%+caps" --seeds 1 --nights 1 --events 16 --truth-prompts 8 --device cpu --jobs 1)
+    args=(--variants "poison-1%+caps" --seeds 1 --nights 1 --events 12 --truth-prompts 6 --device cpu --jobs 1)
   else
     args=(--variants "default,1:4 λ-counts,1:4 λ=1,poison-1%,poison-1%+caps" --seeds 1 --nights 2 --events 128
           --truth-prompts 68 --device auto --jobs 5)

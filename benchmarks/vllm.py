@@ -114,6 +114,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args(argv)
+    if args.adapters < 2:
+        parser.error("--adapters must be at least 2: the in-place load re-points an alias from one to another")
     python = os.environ.get("THUMBS_VLLM_PYTHON") or str(Path(__file__).resolve().parents[1] / ".venv-vllm/bin/python")
     with tempfile.TemporaryDirectory(prefix="thumbs-bench-vllm-") as scratch:
         base = build_tiny_llama(Path(scratch) / "base")

@@ -73,6 +73,7 @@ def main() -> int:
         return 2
     sim = WORLDS[name]
     nights = int(os.environ.get("THUMBS_DEMO_NIGHTS", sim.nights))
+    events = int(os.environ.get("THUMBS_DEMO_EVENTS", sim.events_per_day))
     started = time.monotonic()
     reset(DEMO_DIR)
     release_lock("default")  # the demo owns its registry: a lock left by a killed demo run must not block this one
@@ -93,7 +94,7 @@ def main() -> int:
         judged = sim.judge(model, tokenizer, SEED)
         truth = judged.rate
         first = first or judged
-        day = sim.simulate_day(model, tokenizer, night, sim.events_per_day, SEED, DEMO_DIR / "logs",
+        day = sim.simulate_day(model, tokenizer, night, events, SEED, DEMO_DIR / "logs",
                                model_version=production_version(), noise=NOISE)
         up = sum(day.labels)
         print(f"\n=== night {night}: production {production_version()} answered {len(day.labels)} questions, "

@@ -44,3 +44,14 @@ def test_curate_benchmark_runs_every_contender_on_a_committed_lake_and_they_agre
                       "Beam, PortableRunner + worker pool"):
         assert re.search(rf"\| {re.escape(contender)}.* \| [\d.]+ \| [\d,]+ \| [\d.]+x \| [\d.]+ \|", done.stdout)
     assert "Beam in-process / DuckDB (2 threads): **" in done.stdout  # reached only when all five counts agree
+
+
+@pytest.mark.services
+def test_vllm_benchmark_loads_an_adapter_into_a_running_server_and_times_first_tokens():
+    from tests.vllm_harness import vllm_python
+
+    env_python = vllm_python()  # skips (or under make test, fails) without the vLLM venv
+    os.environ.setdefault("THUMBS_VLLM_PYTHON", env_python)
+    done = bench("benchmarks/vllm.py", "--adapters", "2", "--repeats", "1", timeout=600)
+    assert "| what | median s | n | x base first token |" in done.stdout
+    assert re.search(r"\| server start \(cold, LoRA on\) \| [\d.]+ \| 1 \| \d+x \|", done.stdout), done.stdout
