@@ -128,3 +128,26 @@ def test_z0_partners_never_share_the_prompt_even_when_pairs_sit_side_by_side(row
         p, c = encoded.prompt_ids[i], encoded.completion_ids[j]
         assert batch.input_ids[row, :len(p)].tolist() == p.tolist()
         assert batch.input_ids[row][batch.completion_mask[row]].tolist() == c.tolist()
+
+
+def test_a_stream_encoded_a_few_rows_at_a_time_gives_exactly_the_examples_of_the_whole_list(tokenizer, hh_snapshot,
+                                                                                             monkeypatch):
+    import training.data as data
+    from ingest.curate.snapshot import iter_split
+
+    rows = read_split(hh_snapshot)[:90]
+    for i in (0, 6, 7, 30, 89):  # dropped rows on chunk edges keep their own row numbers
+        rows[i] = dict(rows[i], completion="  ")
+    whole = encode(rows, tokenizer, 96, 48, check=False)
+    monkeypatch.setattr(data, "ENCODE_ROWS", 7)
+    chunked = encode(iter(rows), tokenizer, 96, 48, check=False)
+    assert chunked.counts == whole.counts and chunked.dropped == whole.dropped
+    assert [r for r, _ in chunked.dropped][:5] == [0, 6, 7, 30, 89] and chunked.counts["examples_in"] == 90
+    for a, b in ((chunked.prompt_ids, whole.prompt_ids), (chunked.completion_ids, whole.completion_ids)):
+        assert a.values.dtype == np.int32 and np.array_equal(a.values, b.values) and np.array_equal(a.offsets, b.offsets)
+    for name in ("desirable", "prompt_group", "rows", "lengths"):
+        assert np.array_equal(getattr(chunked, name), getattr(whole, name)), name
+    assert chunked.fingerprint() == whole.fingerprint()
+    streamed = encode(iter_split(hh_snapshot), tokenizer, 96, 48, check=False)  # the trainer's way: Parquet batches
+    listed = encode(read_split(hh_snapshot), tokenizer, 96, 48, check=False)
+    assert streamed.fingerprint() == listed.fingerprint() and streamed.counts == listed.counts

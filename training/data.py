@@ -4,14 +4,19 @@ How a conversation becomes prompt and completion ids (joint tokenization, the en
 truncation) is `training/sequences.py`; the micro-batch plan and the z0 pairs are `training/plan.py`.
 Every example that is truncated or dropped is counted in `Encoded.counts`, and every dropped one is
 listed with its reason in `Encoded.dropped`: nothing is lost silently.
+
+Memory: rows are rendered and tokenized `ENCODE_ROWS` at a time (the rows may be a stream:
+`ingest.curate.snapshot.iter_split`), and the ids of all examples are kept in two flat int32 arrays with
+offsets (`Ragged`), 4 bytes a token: no Python object per token or per example survives encoding.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import List, NamedTuple, Optional
+from typing import Iterable, Iterator, List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -20,45 +25,125 @@ from training.plan import DataError, kl_partners, plan_epoch  # noqa: F401  (re-
 from training.sequences import (PLAIN_ROLES, PromptTooLong, Template, Unsplittable, fit_prompt,  # noqa: F401
                                 render, split_conversation)
 
+ENCODE_ROWS = 2048  # rows rendered and tokenized together: their texts and id lists are the transient memory
 COUNT_KEYS = ("examples_in", "truncated_prompt", "dropped_turns", "truncated_completion", "template_inserted",
               "dropped_empty", "unsplittable", "template_refused", "dropped_prompt_too_long")
+
+
+class Ragged:
+    """Sequences of token ids in one flat int32 array: the i-th is `values[offsets[i]:offsets[i + 1]]` (a view).
+    Indexed, iterated and measured like a list of arrays."""
+
+    __slots__ = ("values", "offsets", "_lengths")
+
+    def __init__(self, values: np.ndarray, offsets: np.ndarray):
+        self.values, self.offsets, self._lengths = values, offsets, None
+
+    @classmethod
+    def of(cls, sequences: Iterable) -> "Ragged":
+        arrays = [np.asarray(s, dtype=np.int32) for s in sequences]
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum([len(a) for a in arrays], out=offsets[1:])
+        return cls(np.concatenate(arrays) if arrays else np.zeros(0, np.int32), offsets)
+
+    @classmethod
+    def joined(cls, parts: List["Ragged"]) -> "Ragged":
+        starts = np.cumsum([0] + [len(p.values) for p in parts[:-1]])
+        offsets = np.concatenate([np.zeros(1, np.int64)] + [p.offsets[1:] + at for p, at in zip(parts, starts)])
+        return cls(np.concatenate([p.values for p in parts]) if parts else np.zeros(0, np.int32), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i) -> np.ndarray:
+        return self.values[self.offsets[i]:self.offsets[i + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        if self._lengths is None:  # read per micro-batch (`passes`): computed once
+            self._lengths = np.diff(self.offsets)
+        return self._lengths
+
+    def take(self, indices: np.ndarray) -> "Ragged":
+        return Ragged.of(self[i] for i in indices)
 
 
 @dataclass
 class Encoded:
     """Token ids of one split; `prompt_group` is equal exactly when two examples share a prompt."""
-    prompt_ids: List[np.ndarray]
-    completion_ids: List[np.ndarray]
+    prompt_ids: Ragged
+    completion_ids: Ragged
     desirable: np.ndarray  # (N,) bool
     prompt_group: np.ndarray  # (N,) int64
     counts: dict = field(default_factory=dict)
     rows: np.ndarray = None  # (N,) the row each example came from
     dropped: list = field(default_factory=list)  # (row, reason) of every row that is not an example
 
+    def __post_init__(self):  # lists of id arrays (tests build small ones by hand) are stored flat too
+        if not isinstance(self.prompt_ids, Ragged):
+            self.prompt_ids = Ragged.of(self.prompt_ids)
+        if not isinstance(self.completion_ids, Ragged):
+            self.completion_ids = Ragged.of(self.completion_ids)
+
     def __len__(self) -> int:
         return len(self.desirable)
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.array([len(p) + len(c) for p, c in zip(self.prompt_ids, self.completion_ids)], dtype=np.int64)
+        return self.prompt_ids.lengths + self.completion_ids.lengths
 
     def fingerprint(self) -> str:
-        """Hash of every token id and label: the data part of the reference cache's key."""
+        """Hash of every token id (as int64) and label: the data part of the reference cache's key."""
         h = hashlib.sha256()
         for p, c, d in zip(self.prompt_ids, self.completion_ids, self.desirable):
-            h.update(np.int64(len(p)).tobytes() + p.tobytes() + np.int64(len(c)).tobytes() + c.tobytes()
-                     + bytes([bool(d)]))
+            h.update(np.int64(len(p)).tobytes() + p.astype(np.int64).tobytes() + np.int64(len(c)).tobytes()
+                     + c.astype(np.int64).tobytes() + bytes([bool(d)]))
         return h.hexdigest()
 
 
-def encode(rows: list, tokenizer, max_length: int, max_prompt_length: int, split: str = "train",
+def encode(rows: Iterable[dict], tokenizer, max_length: int, max_prompt_length: int, split: str = "train",
            check: bool = True) -> Encoded:
-    """Tokenize every conversation jointly and truncate; raise DataError when the rows cannot train KTO at all."""
+    """Tokenize every conversation jointly and truncate; raise DataError when the rows cannot train KTO at all.
+    `rows` ({prompt, completion, desirable}) may be a list or a stream; they are read `ENCODE_ROWS` at a time."""
     template = Template(tokenizer)
     counts = dict.fromkeys(COUNT_KEYS, 0)
-    counts["examples_in"] = len(rows)
     dropped: list = []
-    texts = _render_all(template, rows, counts, dropped)
+    prompts, completions, kept_rows, desirable = [], [], [], []
+    stream, first = iter(rows), 0
+    while True:
+        chunk = list(itertools.islice(stream, ENCODE_ROWS))
+        if not chunk:
+            break
+        p, c, kept = _encode_chunk(template, chunk, first, max_length, max_prompt_length, counts, dropped)
+        prompts.append(p)
+        completions.append(c)
+        kept_rows.extend(kept)
+        desirable.extend(bool(chunk[i - first]["desirable"]) for i in kept)
+        first += len(chunk)
+    counts["examples_in"] = first
+    prompt_ids, completion_ids = Ragged.joined(prompts), Ragged.joined(completions)
+    # Two examples share a prompt exactly when the model sees the same prompt tokens.
+    groups = np.fromiter((int.from_bytes(hashlib.blake2b(p.astype(np.int64).tobytes(), digest_size=8).digest(),
+                                         "little", signed=True) for p in prompt_ids), np.int64, len(prompt_ids))
+    desirable = np.array(desirable, dtype=bool)
+    encoded = Encoded(prompt_ids, completion_ids, desirable, groups, rows=np.array(kept_rows, dtype=np.int64),
+                      dropped=sorted(dropped))
+    counts.update(examples=len(encoded), desirable=int(desirable.sum()), undesirable=int((~desirable).sum()),
+                  prompts=len(set(groups.tolist())))
+    encoded.counts = counts
+    if check:
+        check_trainable(encoded, split)
+    return encoded
+
+
+def _encode_chunk(template: Template, rows: list, first: int, max_length: int, max_prompt_length: int, counts: dict,
+                  dropped: list) -> tuple[Ragged, Ragged, list]:
+    """Rows `first`.. of the split: their prompt and completion ids and the row numbers kept."""
+    texts = _render_all(template, rows, counts, dropped, first)
     prompt_lengths = [len(ids) for ids in template.ids([t[1] for t in texts])]
     for k, (i, prompt_text, _, messages) in enumerate(texts):
         if prompt_lengths[k] <= max_prompt_length:
@@ -72,7 +157,7 @@ def encode(rows: list, tokenizer, max_length: int, max_prompt_length: int, split
             continue
         counts["truncated_prompt"] += 1
         counts["dropped_turns"] += turns
-        texts[k] = (i, template.prompt(messages), template.full(messages, rows[i]["completion"]), messages)
+        texts[k] = (i, template.prompt(messages), template.full(messages, rows[i - first]["completion"]), messages)
     texts = [t for t in texts if t is not None]
     full_ids = template.ids([t[2] for t in texts])
     prompt_ids = template.ids([t[1] for t in texts])
@@ -80,7 +165,7 @@ def encode(rows: list, tokenizer, max_length: int, max_prompt_length: int, split
     kept_p, kept_c, kept_rows = [], [], []
     for (i, prompt_text, full_text, messages), p, f in zip(texts, prompt_ids, full_ids):
         try:
-            split_ids = split_conversation(template, messages, rows[i]["completion"], prompt_text=prompt_text,
+            split_ids = split_conversation(template, messages, rows[i - first]["completion"], prompt_text=prompt_text,
                                            full_text=full_text, prompt_ids=p, full_ids=f)
         except Unsplittable as err:
             counts["unsplittable"] += 1
@@ -91,29 +176,19 @@ def encode(rows: list, tokenizer, max_length: int, max_prompt_length: int, split
             c = c[:max_length - len(split_ids.prompt_ids)]  # the completion keeps its start
             counts["truncated_completion"] += 1
         counts["template_inserted"] += split_ids.template_inserted
-        kept_p.append(np.asarray(split_ids.prompt_ids, dtype=np.int64))
-        kept_c.append(np.asarray(c, dtype=np.int64))
+        kept_p.append(split_ids.prompt_ids)
+        kept_c.append(c)
         kept_rows.append(i)
-    # Two examples share a prompt exactly when the model sees the same prompt tokens.
-    groups = [int.from_bytes(hashlib.blake2b(p.tobytes(), digest_size=8).digest(), "little", signed=True)
-              for p in kept_p]
-    desirable = np.array([bool(rows[i]["desirable"]) for i in kept_rows], dtype=bool)
-    encoded = Encoded(kept_p, kept_c, desirable, np.array(groups, dtype=np.int64),
-                      rows=np.array(kept_rows, dtype=np.int64), dropped=sorted(dropped))
-    counts.update(examples=len(encoded), desirable=int(desirable.sum()), undesirable=int((~desirable).sum()),
-                  prompts=len(set(groups)))
-    encoded.counts = counts
-    if check:
-        check_trainable(encoded, split)
-    return encoded
+    return Ragged.of(kept_p), Ragged.of(kept_c), kept_rows
 
 
-def _render_all(template: Template, rows: list, counts: dict, dropped: list) -> list:
-    """(row, prompt text, whole conversation text, messages) of every row the template can render."""
+def _render_all(template: Template, rows: list, counts: dict, dropped: list, first: int = 0) -> list:
+    """(row, prompt text, whole conversation text, messages) of every row the template can render; rows are
+    numbered from `first`."""
     from jinja2 import TemplateError
 
     out = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows, first):
         if not row["prompt"] or not str(row["completion"]).strip():
             counts["dropped_empty"] += 1
             dropped.append((i, "empty prompt or completion"))
@@ -135,7 +210,7 @@ def desirable_only(encoded: Encoded) -> Encoded:
     counts = dict(encoded.counts, examples=len(keep), desirable=len(keep), undesirable=0,
                   set_aside_undesirable=int(len(encoded) - len(keep)),
                   prompts=len(set(encoded.prompt_group[keep].tolist())))
-    return Encoded([encoded.prompt_ids[i] for i in keep], [encoded.completion_ids[i] for i in keep],
+    return Encoded(encoded.prompt_ids.take(keep), encoded.completion_ids.take(keep),
                    encoded.desirable[keep], encoded.prompt_group[keep], counts,
                    rows=None if encoded.rows is None else encoded.rows[keep], dropped=encoded.dropped)
 
@@ -208,8 +283,8 @@ def passes(encoded: Encoded, indices: np.ndarray, max_length: int, tokens_per_pa
     than that is a pass alone. Sorted by length, a pass holds little padding, which costs compute as much as
     tokens do; the budget bounds what a pass keeps for backward (activations grow with rows x width)."""
     completions_from = indices if completions_from is None else completions_from
-    prompts = np.fromiter((len(encoded.prompt_ids[i]) for i in indices), np.int64, len(indices))
-    answers = np.fromiter((len(encoded.completion_ids[j]) for j in completions_from), np.int64, len(indices))
+    prompts = encoded.prompt_ids.lengths[indices]
+    answers = encoded.completion_ids.lengths[completions_from]
     widths = prompts + np.minimum(answers, max_length - prompts)
     order = np.argsort(-widths, kind="stable")
     out, start = [], 0

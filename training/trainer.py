@@ -28,7 +28,7 @@ from ingest.curate.balance import ClassWeights, band_warning
 from training import checkpoint, distributed, gguf, run_folder
 from training.config import TrainConfig
 from ingest.curate.store import local_snapshot
-from ingest.curate.snapshot import read_split, read_stats
+from ingest.curate.snapshot import iter_split, read_stats
 from training.data import Encoded, collate, desirable_only, encode, kl_partners, passes
 from training.loss import estimate_kl, kto_loss
 from training.model import (Scorer, check_base_model, compute_dtype, load_model, load_tokenizer, model_files_fingerprint,
@@ -178,7 +178,7 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     model_dir = resolve_model_path(base_model)
     check_base_model(model_dir)  # a damaged base is named now, not blamed on the data later
     tokenizer = load_tokenizer(model_dir)
-    encoded = encode(read_split(snapshot), tokenizer, config.max_length, config.max_prompt_length,
+    encoded = encode(iter_split(snapshot), tokenizer, config.max_length, config.max_prompt_length,
                      check=config.objective == "kto")
     if config.objective == "sft":
         encoded = desirable_only(encoded)
