@@ -55,3 +55,9 @@ def test_vllm_benchmark_loads_an_adapter_into_a_running_server_and_times_first_t
     done = bench("benchmarks/vllm.py", "--adapters", "2", "--repeats", "1", timeout=600)
     assert "| what | median s | n | x base first token |" in done.stdout
     assert re.search(r"\| server start \(cold, LoRA on\) \| [\d.]+ \| 1 \| \d+x \|", done.stdout), done.stdout
+
+
+def test_scale_benchmark_measures_what_encoding_holds():
+    done = bench("benchmarks/scale.py", "encode", "--examples", "300")
+    row = re.search(r"\| this tree \| 300 \| ([\d,]+) \| [\d,]+ \| \d+ \| [\d,]+ \|", done.stdout)
+    assert row and int(row.group(1).replace(",", "")) > 300 * 20, done.stdout  # tokens: at least 20 an example
