@@ -4,7 +4,8 @@ Modules, in reading order:
     loss.py         the KTO loss and the z0 estimate: pure math over log-probs (the paper's eq. 7)
     logprobs.py     summed completion log-probs from hidden states, chunked, fused frozen-head gradient
     sequences.py    rendering with the chat template, joint tokenization, the completion span, truncation
-    data.py         a split's examples as token ids (Encoded), padded micro-batch tensors
+    data.py         a split's examples as token ids (Encoded: flat int32 arrays), padded micro-batch tensors
+    tokencache.py   a split's token ids, encoded once per snapshot and tokenizer, memory-mapped from beside it
     plan.py         the epoch's micro-batches (never one example or one prompt), the z0 derangement, and Plan:
                     which micro-batches each process trains on at each step, and z0's pairs in each
     model.py        the NF4/unquantised base with LoRA, the head's semantics, the Scorer (reference = adapter off)

@@ -28,13 +28,14 @@ from ingest.curate.balance import ClassWeights, band_warning
 from training import checkpoint, distributed, gguf, run_folder
 from training.config import TrainConfig
 from ingest.curate.store import local_snapshot
-from ingest.curate.snapshot import iter_split, read_stats
-from training.data import Encoded, collate, desirable_only, encode, kl_partners, passes
+from ingest.curate.snapshot import read_stats
+from training.data import Encoded, collate, desirable_only, kl_partners, passes
 from training.loss import estimate_kl, kto_loss
 from training.model import (Scorer, check_base_model, compute_dtype, load_model, load_tokenizer, model_files_fingerprint,
                             pick_device, resolve_model_path, weights_fingerprint)
 from training.plan import Plan
 from training.refcache import cache_dir, cache_key, reference_logps
+from training.tokencache import encoded_split
 
 
 class TrainingError(RuntimeError):
@@ -178,8 +179,8 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     model_dir = resolve_model_path(base_model)
     check_base_model(model_dir)  # a damaged base is named now, not blamed on the data later
     tokenizer = load_tokenizer(model_dir)
-    encoded = encode(iter_split(snapshot), tokenizer, config.max_length, config.max_prompt_length,
-                     check=config.objective == "kto")
+    encoded, _ = encoded_split(Path(snapshot), None, tokenizer, model_dir, max_length=config.max_length,
+                               max_prompt_length=config.max_prompt_length, check=config.objective == "kto", log=say)
     if config.objective == "sft":
         encoded = desirable_only(encoded)
     plan = Plan(encoded, config, processes.world)
