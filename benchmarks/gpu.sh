@@ -149,19 +149,18 @@ install_bundle() {
     say "bundle: the dry run uses $PY's own packages"
     return 0
   fi
-  rm -rf /tmp/thumbs-bundle
-  "$PY" benchmarks/gpu_bundle.py --unpack .gpu-carry --into /tmp/thumbs-bundle || return 1
+  "$PY" benchmarks/gpu_bundle.py --unpack .gpu-carry --into "$WORK/bundle" || return 1
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/thumbs-site \
-    /tmp/thumbs-bundle/*.whl || { say "bundle: pip install failed"; return 1; }
+    "$WORK"/bundle/*.whl || { say "bundle: pip install failed"; return 1; }
   export PYTHONPATH="/tmp/thumbs-site:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-  say "bundle: installed $(ls /tmp/thumbs-bundle/*.whl | wc -l) wheels into /tmp/thumbs-site"
+  say "bundle: installed $(ls "$WORK"/bundle/*.whl | wc -l) wheels into /tmp/thumbs-site"
 }
 
 # `make demo` on SmolLM2 (the dry run: the tiny world, one night). It ran when its table and gain are printed;
 # a gain under the demo's +15 target is a result (reported), not a failure of the script.
 run_demo() {
   say "demo: python -m flows.demo ($([ "$DRY" = 1 ] && echo 'THUMBS_DEMO_MODEL=tiny, 1 night of 120 requests' || echo 'SmolLM2'))"
-  local -a env=(THUMBS_DEMO_DIR=/tmp/thumbs-demo PREFECT_HOME=/tmp/thumbs-prefect PREFECT_SERVER_ANALYTICS_ENABLED=false)
+  local -a env=(THUMBS_DEMO_DIR="$WORK/demo" PREFECT_HOME="$WORK/prefect" PREFECT_SERVER_ANALYTICS_ENABLED=false)
   [ "$DRY" = 1 ] && env+=(THUMBS_DEMO_MODEL=tiny THUMBS_DEMO_NIGHTS=1 THUMBS_DEMO_EVENTS=120)
   env "${env[@]}" timeout -k 10 "$DEMO_LIMIT" "$PY" -m flows.demo 2>&1 | tee "$DEST/demo.log" \
     | grep --line-buffered -vE 'Warning|warnings.warn|it/s\]'
@@ -184,13 +183,12 @@ run_lab() {
           --truth-prompts 68 --device auto --jobs 5)
   fi
   say "lab: benchmarks/quality.py --world assistant --arms imbalance,poisoning ${args[*]}"
-  rm -rf /tmp/thumbs-lab
   timeout -k 10 "$LAB_LIMIT" "$PY" benchmarks/quality.py --world assistant --arms imbalance,poisoning "${args[@]}" \
-    --out /tmp/thumbs-lab 2>&1 | tee "$DEST/lab.log" | grep --line-buffered -vE 'Warning|warnings.warn|it/s\]'
+    --out "$WORK/lab" 2>&1 | tee "$DEST/lab.log" | grep --line-buffered -vE 'Warning|warnings.warn|it/s\]'
   local rc=${PIPESTATUS[0]}
   [ "$rc" = 124 ] && say "lab: stopped after ${LAB_LIMIT}s"
-  [ -f /tmp/thumbs-lab/report.md ] && cp /tmp/thumbs-lab/report.md "$DEST/lab-smollm2.md"
-  [ -f /tmp/thumbs-lab/lab.png ] && cp /tmp/thumbs-lab/lab.png "$DEST/lab-smollm2.png"
+  [ -f "$WORK/lab/report.md" ] && cp "$WORK/lab/report.md" "$DEST/lab-smollm2.md"
+  [ -f "$WORK/lab/lab.png" ] && cp "$WORK/lab/lab.png" "$DEST/lab-smollm2.png"
   return "$rc"
 }
 
@@ -203,7 +201,10 @@ main_smollm2() {
     PY="${PYTHON:-python3}"
     DEMO_LIMIT=270 LAB_LIMIT=270
   fi
-  say "mode --smollm2, $([ "$DRY" = 1 ] && echo 'dry run on the CPU' || echo GPU), output in $DEST"
+  # Everything the stages write beside $DEST goes into a folder of this run's own: nothing another run (or anyone)
+  # left in /tmp is touched.
+  WORK="$(mktemp -d /tmp/thumbs-smollm2.XXXXXX)" || return 2
+  say "mode --smollm2, $([ "$DRY" = 1 ] && echo 'dry run on the CPU' || echo GPU), output in $DEST, work in $WORK"
   if [ "$DRY" = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     say "no CUDA GPU visible to torch: run this on the GPU machine, or pass --dry-run"
     return 2
