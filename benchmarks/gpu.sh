@@ -221,6 +221,7 @@ from training.gguf import smollm2; smollm2()" || return 1
   say "lab: $lab"
   [ -f "$DEST/lab-smollm2.md" ] && sed -n '/^### /,$p' "$DEST/lab-smollm2.md"
   say "summary: demo $demo ($(grep '^ground truth: ' "$DEST/demo.log" 2>/dev/null | tail -n 1)); lab $lab; files in $DEST: $(ls "$DEST" | tr '\n' ' ')"
+  rm -rf "$WORK"  # this run's own folder; what matters was copied into $DEST
   return "$status"
 }
 
