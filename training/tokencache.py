@@ -32,6 +32,7 @@ import numpy as np
 
 from common.atomic import write_json_atomic
 from ingest.curate import snapshot as layout  # its names read at call time: one declaration each
+from ingest.lake import file_proof
 from training.data import Encoded, Ragged, check_trainable, encode
 from training.model import model_files_fingerprint
 
@@ -94,14 +95,6 @@ def _arrays(encoded: Encoded) -> dict:
             "desirable": encoded.desirable, "prompt_group": encoded.prompt_group, "rows": encoded.rows}
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _save(folder: Path, encoded: Encoded) -> bool:
     """The arrays, then the proof, in a temporary folder renamed into place; False (and a warning) if the cache
     cannot be written: a read-only snapshot folder still trains."""
@@ -113,7 +106,7 @@ def _save(folder: Path, encoded: Encoded) -> bool:
             for name, values in _arrays(encoded).items():
                 path = work / f"{name}.npy"
                 np.save(path, np.ascontiguousarray(values), allow_pickle=False)
-                files[name] = {"bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+                files[name] = file_proof(path)
             write_json_atomic(work / PROOF, {"version": CACHE_VERSION, "examples": len(encoded), "files": files,
                                              "counts": encoded.counts,
                                              "dropped": [[int(r), why] for r, why in encoded.dropped]})
@@ -141,7 +134,7 @@ def _load(folder: Path) -> tuple[Optional[Encoded], str]:
         arrays = {}
         for name in ARRAYS:
             path, want = folder / f"{name}.npy", files[name]
-            if path.stat().st_size != want["bytes"] or _file_sha256(path) != want["sha256"]:
+            if path.stat().st_size != want["bytes"] or file_proof(path)["sha256"] != want["sha256"]:
                 return None, f"{path.name} does not match the size and sha256 in {PROOF}"
             arrays[name] = np.load(path, mmap_mode="r" if name in MAPPED else None, allow_pickle=False)
     except FileNotFoundError as err:

@@ -86,12 +86,7 @@ def read_stats(snapshot: str | Path) -> dict:
 def read_split(snapshot: str | Path, split: str | None = None, columns: tuple = EXAMPLE_COLUMNS) -> list:
     """Rows of a split (default: train) as dicts, in file order (deterministic); {prompt, completion, desirable}.
     Checked against the proof first: a damaged snapshot raises SnapshotError, it is never half-read."""
-    split = split or TRAIN
-    check(snapshot)
-    files = split_files(snapshot, split)
-    if not files:
-        raise SnapshotError(f"no {split} Parquet files under {split_dir(snapshot, split)}: is {snapshot} a "
-                            "`thumbs curate` snapshot?")
+    files = _checked_files(snapshot, split or TRAIN)
     return ds.dataset([str(f) for f in files], format="parquet").to_table(columns=list(columns)).to_pylist()
 
 
@@ -99,14 +94,19 @@ def iter_split(snapshot: str | Path, split: str | None = None, columns: tuple = 
                batch_rows: int = 4096) -> Iterator[dict]:
     """`read_split`'s rows one Parquet batch at a time (at most `batch_rows` as Python objects at once), for a
     split too large to hold as dicts. Checked against the proof before the first row, as read_split is."""
-    split = split or TRAIN
+    files = _checked_files(snapshot, split or TRAIN)
+    batches = (batch for f in files for batch in pq.ParquetFile(f).iter_batches(batch_rows, columns=list(columns)))
+    return (row for batch in batches for row in batch.to_pylist())  # in file order, as read_split
+
+
+def _checked_files(snapshot: str | Path, split: str) -> list:
+    """The split's Parquet files, once the snapshot is checked against its proof."""
     check(snapshot)
     files = split_files(snapshot, split)
     if not files:
         raise SnapshotError(f"no {split} Parquet files under {split_dir(snapshot, split)}: is {snapshot} a "
                             "`thumbs curate` snapshot?")
-    batches = (batch for f in files for batch in pq.ParquetFile(f).iter_batches(batch_rows, columns=list(columns)))
-    return (row for batch in batches for row in batch.to_pylist())  # in file order, as read_split
+    return files
 
 
 def cache_dir(snapshot: str | Path, kind: str) -> Path:
