@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 
-from tests.conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_bundle  # noqa: E402
+from benchmarks import gpu_bundle  # as a package module: benchmarks/ on sys.path would shadow `ingest` with ingest.py
 
 
 @pytest.fixture
