@@ -111,6 +111,19 @@ PY
   cat "$DEST/env.txt"
 }
 
+# A stage's command within its limit, everything it prints into its log, the lines matching
+# `noise` kept off the screen; its exit status, 124 said as the limit reached.
+limited() {
+  local name="$1" limit="$2" log="$3" noise="$4"
+  shift 4
+  timeout -k 10 "$limit" "$@" 2>&1 | tee "$log" | grep --line-buffered -vE "$noise"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 124 ] && say "$name: stopped after ${limit}s"
+  return "$rc"
+}
+
+NOISE='Warning|warnings.warn|it/s\]'
+
 run_tests() {
   say "tests: pytest -m gpu tests/test_gpu.py $([ "$DRY" = 1 ] && echo '(on the CPU: THUMBS_GPU_DRYRUN=1)')"
   THUMBS_GPU_DRYRUN=$DRY timeout -k 10 "$TESTS_LIMIT" "$PY" -m pytest -m gpu tests/test_gpu.py -q -rA \
@@ -123,12 +136,8 @@ run_tests() {
 
 run_bench() {
   say "bench: benchmarks/train.py --vs trl ${BENCH_ARGS[*]}"
-  timeout -k 10 "$BENCH_LIMIT" "$PY" benchmarks/train.py --vs trl "${BENCH_ARGS[@]}" --json "$DEST/bench.json" \
-    --md "$DEST/BENCHMARKS-gpu.md" --profile "$DEST/profile-thumbs.txt" 2>&1 | tee "$DEST/bench.log" \
-    | grep --line-buffered -vE 'Warning|warnings.warn|it/s\]|examples/s\]|^\{'
-  local rc=${PIPESTATUS[0]}
-  [ "$rc" = 124 ] && say "bench: stopped after ${BENCH_LIMIT}s"
-  return "$rc"
+  limited bench "$BENCH_LIMIT" "$DEST/bench.log" "$NOISE|examples/s\]|^\{" "$PY" benchmarks/train.py --vs trl \
+    "${BENCH_ARGS[@]}" --json "$DEST/bench.json" --md "$DEST/BENCHMARKS-gpu.md" --profile "$DEST/profile-thumbs.txt"
 }
 
 # Every import the run makes, before it starts: a package the image lacks is named at once, not minutes in.
@@ -162,10 +171,7 @@ run_demo() {
   say "demo: python -m flows.demo ($([ "$DRY" = 1 ] && echo 'THUMBS_DEMO_MODEL=tiny, 1 night of 120 requests' || echo 'SmolLM2'))"
   local -a env=(THUMBS_DEMO_DIR="$WORK/demo" PREFECT_HOME="$WORK/prefect" PREFECT_SERVER_ANALYTICS_ENABLED=false)
   [ "$DRY" = 1 ] && env+=(THUMBS_DEMO_MODEL=tiny THUMBS_DEMO_NIGHTS=1 THUMBS_DEMO_EVENTS=120)
-  env "${env[@]}" timeout -k 10 "$DEMO_LIMIT" "$PY" -m flows.demo 2>&1 | tee "$DEST/demo.log" \
-    | grep --line-buffered -vE 'Warning|warnings.warn|it/s\]'
-  local rc=${PIPESTATUS[0]}
-  [ "$rc" = 124 ] && say "demo: stopped after ${DEMO_LIMIT}s"
+  limited demo "$DEMO_LIMIT" "$DEST/demo.log" "$NOISE" env "${env[@]}" "$PY" -m flows.demo
   if grep -q '^ground truth: ' "$DEST/demo.log"; then
     say "demo: $(grep '^ground truth: ' "$DEST/demo.log" | tail -n 1)"
     return 0
@@ -183,32 +189,36 @@ run_lab() {
           --truth-prompts 68 --device auto --jobs 5)
   fi
   say "lab: benchmarks/quality.py --world assistant --arms imbalance,poisoning ${args[*]}"
-  timeout -k 10 "$LAB_LIMIT" "$PY" benchmarks/quality.py --world assistant --arms imbalance,poisoning "${args[@]}" \
-    --out "$WORK/lab" 2>&1 | tee "$DEST/lab.log" | grep --line-buffered -vE 'Warning|warnings.warn|it/s\]'
-  local rc=${PIPESTATUS[0]}
-  [ "$rc" = 124 ] && say "lab: stopped after ${LAB_LIMIT}s"
+  limited lab "$LAB_LIMIT" "$DEST/lab.log" "$NOISE" "$PY" benchmarks/quality.py --world assistant \
+    --arms imbalance,poisoning "${args[@]}" --out "$WORK/lab"
+  local rc=$?
   [ -f "$WORK/lab/report.md" ] && cp "$WORK/lab/report.md" "$DEST/lab-smollm2.md"
   [ -f "$WORK/lab/lab.png" ] && cp "$WORK/lab/lab.png" "$DEST/lab-smollm2.png"
   return "$rc"
 }
 
-main_smollm2() {
+# The interpreter: in a dry run the local venv's ($PYTHON, else .venv's, else python3), on the GPU machine its
+# python3 ($PYTHON), which must see a CUDA GPU.
+pick_python() {
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   if [ "$DRY" = 1 ]; then
     PY="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
-    DEMO_LIMIT=420 LAB_LIMIT=360
-  else
-    PY="${PYTHON:-python3}"
-    DEMO_LIMIT=270 LAB_LIMIT=270
+    return 0
   fi
+  PY="${PYTHON:-python3}"
+  if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    say "no CUDA GPU visible to torch: run this on the GPU machine, or pass --dry-run"
+    return 2
+  fi
+}
+
+main_smollm2() {
+  pick_python || return
+  if [ "$DRY" = 1 ]; then DEMO_LIMIT=420 LAB_LIMIT=360; else DEMO_LIMIT=270 LAB_LIMIT=270; fi
   # Everything the stages write beside $DEST goes into a folder of this run's own: nothing another run (or anyone)
   # left in /tmp is touched.
   WORK="$(mktemp -d /tmp/thumbs-smollm2.XXXXXX)" || return 2
   say "mode --smollm2, $([ "$DRY" = 1 ] && echo 'dry run on the CPU' || echo GPU), output in $DEST, work in $WORK"
-  if [ "$DRY" = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    say "no CUDA GPU visible to torch: run this on the GPU machine, or pass --dry-run"
-    return 2
-  fi
   install_bundle || return 1
   environment
   preflight "import apache_beam, prefect, gguf, orjson, phonenumbers, pydantic
@@ -226,23 +236,17 @@ from training.gguf import smollm2; smollm2()" || return 1
 }
 
 main() {
-  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  pick_python || return
   if [ "$DRY" = 1 ]; then
-    PY="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
     TESTS_LIMIT=240 BENCH_LIMIT=240
     BENCH_ARGS=(--device cpu --model micro-llama --quantize nf4 --pairs 4 --batch 2 --steps 3 --max-length 96
                 --max-prompt-length 64 --profile-steps 1)
   else
-    PY="${PYTHON:-python3}"
     TESTS_LIMIT=180 BENCH_LIMIT=270
     BENCH_ARGS=(--device cuda --model llama-1b --quantize nf4 --pairs 160 --batch 8 --max-length 512
                 --max-prompt-length 384 --profile-steps 4)
   fi
   say "mode $([ "$DRY" = 1 ] && echo 'dry run on the CPU' || echo GPU), output in $DEST"
-  if [ "$DRY" = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    say "no CUDA GPU visible to torch: run this on the GPU machine, or pass --dry-run"
-    return 2
-  fi
   install_wheels || return 1
   environment
   preflight "import pydantic, training.trainer, benchmarks.train
