@@ -74,8 +74,8 @@ def _one(job: dict) -> dict:
     lab = lab_world(settings.get("world", "tiny"))
     night0 = measure(*world.load_policy(base), job["seed"], settings["truth_prompts"], lab)
     result = run_variant(VARIANTS[job["variant"]], job["seed"], base, Path(job["work"]), settings["nights"],
-                         settings["events"], settings["truth_prompts"], night0,
-                         say=lambda line: print(line, flush=True), lab=lab, device=job["device"])
+                         settings["events"], settings["truth_prompts"], night0, lab,
+                         say=lambda line: print(line, flush=True), device=job["device"])
     result["settings"] = settings
     write_text_atomic(Path(job["result"]), json.dumps(result, indent=1))
     return result

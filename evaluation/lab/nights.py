@@ -19,7 +19,7 @@ from pathlib import Path
 from common.atomic import write_text_atomic
 from evaluation import world
 from evaluation.lab.arms import N_USERS, Variant
-from evaluation.lab.worlds import LabWorld, lab_world
+from evaluation.lab.worlds import LabWorld
 
 
 def train_settings(lab: LabWorld, device: str = "cpu") -> dict:
@@ -28,9 +28,8 @@ def train_settings(lab: LabWorld, device: str = "cpu") -> dict:
     return {**lab.train, "quantize": "none", "device": device}
 
 
-def measure(model, tokenizer, seed: int, n: int, lab: LabWorld | None = None) -> dict:
+def measure(model, tokenizer, seed: int, n: int, lab: LabWorld) -> dict:
     """Noise-free satisfaction and mean answer length (words) on held-out prompts, fixed draws per seed."""
-    lab = lab or lab_world("tiny")
     served = lab.serve(model, tokenizer, lab.held_out(n, seed), 10_000 + seed)
     return {"truth": sum(liked for _, liked in served) / n,
             "words": sum(len(text.split()) for text, _ in served) / n}
@@ -69,9 +68,8 @@ def rebalance(events: list[dict], ratio: float, rng: random.Random) -> list[dict
 
 
 def serve_day(model, tokenizer, day: int, seed: int, variant: Variant, n_events: int, log_dir: Path,
-              lab: LabWorld | None = None) -> dict:
+              lab: LabWorld) -> dict:
     """The day's events file (honest clicks, adversaries, imbalance applied); returns its click counts."""
-    lab = lab or lab_world("tiny")
     prompts = lab.day_prompts(day, n_events, seed)
     served = lab.serve(model, tokenizer, prompts, 1000 * seed + day)
     labels = world.click([liked for _, liked in served], variant.noise, seed=1000 * seed + day)
@@ -145,10 +143,8 @@ def merge(base: Path, adapter: Path, folder: Path) -> Path:
 
 
 def run_variant(variant: Variant, seed: int, base: Path, work: Path, nights: int, n_events: int,
-                n_truth: int, night0: dict, say=print, lab: LabWorld | None = None, device: str = "cpu") -> dict:
-    """Nights of one variant on one seed in `work` (wiped first), in `lab`'s world (the tiny one by default);
-    the per-night measurements."""
-    lab = lab or lab_world("tiny")
+                n_truth: int, night0: dict, lab: LabWorld, say=print, device: str = "cpu") -> dict:
+    """Nights of one variant on one seed in `work` (wiped first), in `lab`'s world; the per-night measurements."""
     settings = train_settings(lab, device)
     from ingest.curate.pipeline import curate
     from ingest.curate.rules import CurateConfig
