@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from ingest.curate.snapshot import read_split
 from tests.conftest import GPT2_TOKENIZER
 from training.data import encode
+from training.model import model_files_fingerprint
 from training.tokencache import cache_dir, encoded_split
 
 
@@ -28,7 +29,8 @@ def tokenizer():
 
 def split(snapshot, tokenizer, notices, **limits):
     limits = {"max_length": 128, "max_prompt_length": 64} | limits
-    return encoded_split(snapshot, "train", tokenizer, GPT2_TOKENIZER, check=False, log=notices.append, **limits)
+    return encoded_split(snapshot, "train", tokenizer, model_files_fingerprint(GPT2_TOKENIZER), check=False,
+                         log=notices.append, **limits)
 
 
 def same(a, b) -> bool:

@@ -1,6 +1,7 @@
 """A split's token ids, encoded once per (snapshot, tokenizer, limits), then memory-mapped from the cache.
 
-    encoded, cached = encoded_split(snapshot, "train", tokenizer, model_dir, max_length=512, max_prompt_length=384)
+    encoded, cached = encoded_split(snapshot, "train", tokenizer, model_files_fingerprint(model_dir),
+                                    max_length=512, max_prompt_length=384)
 
 Stored beside the snapshot in `SNAPSHOTS/.cache/<snapshot id>/tokens/<key>/` (`cache_dir`): the flat id arrays and
 offsets (`training.data.Ragged`), labels, prompt groups and row numbers as `.npy`, and `encoded.json` with the
@@ -34,7 +35,6 @@ from common.atomic import write_json_atomic
 from ingest.curate import snapshot as layout  # its names read at call time: one declaration each
 from ingest.lake import file_proof
 from training.data import Encoded, Ragged, check_trainable, encode
-from training.model import model_files_fingerprint
 
 CACHE_VERSION = 1  # bump when encoding's output changes for the same inputs (training/data.py, sequences.py)
 ARRAYS = ("prompt_values", "prompt_offsets", "completion_values", "completion_offsets", "desirable", "prompt_group",
@@ -48,10 +48,11 @@ def cache_dir(snapshot: Path) -> Path:
     return layout.cache_dir(snapshot, "tokens")
 
 
-def cache_key(snapshot: Path, split: str, model_dir: Path, chat_template: Optional[str], limits: dict) -> str:
+def cache_key(snapshot: Path, split: str, model_files: str, chat_template: Optional[str], limits: dict) -> str:
+    """`model_files` is `training.model.model_files_fingerprint` (config.json and the tokenizer files)."""
     manifest = Path(snapshot) / layout.MANIFEST
     parts = {"version": CACHE_VERSION, "manifest": hashlib.sha256(manifest.read_bytes()).hexdigest()
-             if manifest.is_file() else None, "split": split, "model_files": model_files_fingerprint(model_dir),
+             if manifest.is_file() else None, "split": split, "model_files": model_files,
              "chat_template": chat_template, "limits": limits,
              "libraries": {name: _version(name) for name in KEY_LIBRARIES}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
@@ -64,12 +65,12 @@ def _version(name: str) -> Optional[str]:
         return None
 
 
-def encoded_split(snapshot: Path, split: Optional[str], tokenizer, model_dir: Path, *, max_length: int,
+def encoded_split(snapshot: Path, split: Optional[str], tokenizer, model_files: str, *, max_length: int,
                   max_prompt_length: int, check: bool = True, log: Callable[[str], None] = print) -> tuple[Encoded, bool]:
     """The split's (None: train) Encoded, its ids memory-mapped from the cache, and whether the cache held it.
     `check` raises DataError as `encode` does when the split cannot train KTO."""
     snapshot, split = Path(snapshot), split or layout.TRAIN
-    key = cache_key(snapshot, split, Path(model_dir), tokenizer.chat_template,
+    key = cache_key(snapshot, split, model_files, tokenizer.chat_template,
                     {"max_length": max_length, "max_prompt_length": max_prompt_length})
     folder = cache_dir(snapshot) / key
     encoded, why = _load(folder)

@@ -179,7 +179,8 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     model_dir = resolve_model_path(base_model)
     check_base_model(model_dir)  # a damaged base is named now, not blamed on the data later
     tokenizer = load_tokenizer(model_dir)
-    encoded, _ = encoded_split(Path(snapshot), None, tokenizer, model_dir, max_length=config.max_length,
+    model_files = model_files_fingerprint(model_dir)  # config.json and the tokenizer files: both caches' keys
+    encoded, _ = encoded_split(Path(snapshot), None, tokenizer, model_files, max_length=config.max_length,
                                max_prompt_length=config.max_prompt_length, check=config.objective == "kto", log=say)
     if config.objective == "sft":
         encoded = desirable_only(encoded)
@@ -209,7 +210,7 @@ def setup(snapshot: Path, base_model: str, out: Path, config: TrainConfig, proce
     scorer = Scorer(model, config.logits_chunk_tokens)
     data_fingerprint = encoded.fingerprint()
     key = cache_key(fingerprint, config.quantize, compute_dtype(device), device, data_fingerprint,
-                    model_files=model_files_fingerprint(model_dir), chat_template=tokenizer.chat_template,
+                    model_files=model_files, chat_template=tokenizer.chat_template,
                     limits={"max_length": config.max_length, "max_prompt_length": config.max_prompt_length},
                     libraries=run_folder.library_versions())
     ref_started = time.monotonic()
