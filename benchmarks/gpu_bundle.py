@@ -73,14 +73,6 @@ def download(into: Path) -> list[Path]:
     return sorted(into.glob("*.whl"))
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def pack(wheels: list[Path], out: Path, part_bytes: int) -> dict:
     """The wheels into part folders of at most `part_bytes` each (largest first, first part with room; a wheel
     larger than a part cut into byte ranges); returns the manifest, written into every part."""
@@ -103,7 +95,9 @@ def pack(wheels: list[Path], out: Path, part_bytes: int) -> dict:
             pieces.append([room + 1, name])
             parts[room] += n
             data_at += n
-        manifest["wheels"].append({"wheel": wheel.name, "bytes": size, "sha256": sha256(wheel), "pieces": pieces})
+        with wheel.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        manifest["wheels"].append({"wheel": wheel.name, "bytes": size, "sha256": digest, "pieces": pieces})
     manifest["parts"] = len(parts)
     for i in range(len(parts)):
         (out / str(i + 1) / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
